@@ -1,0 +1,172 @@
+/**
+ * Blob push in the shape that works on every registry:
+ *   HEAD (200: already there) -> optional cross-repo mount (201: done, 202: a normal session was opened)
+ *   -> POST uploads/ -> one streamed PATCH of the whole body -> PUT <location>&digest=<d> with no body.
+ * The digest is computed while the bytes stream, so the caller need not know it in advance. Always the
+ * latest Location is used (it may be relative and carries state in its query).
+ * (distribution 2.8) An interrupted PATCH kills the session: a failed push restarts the blob from byte 0, so
+ * retries happen only when the caller can give the bytes again (`source` as a function).
+ */
+import type { Readable } from 'node:stream';
+import { repositoryScope } from './auth.ts';
+import { DigestCounter } from './digest.ts';
+import { OciError } from './errors.ts';
+import { withRetry, type RetryPolicy } from './retry.ts';
+import type { Transport } from './transport.ts';
+
+export type BlobSource = Readable | AsyncIterable<Uint8Array> | (() => Readable | AsyncIterable<Uint8Array>);
+
+export interface UploadOptions {
+  /** The digest if known in advance: enables the HEAD check and mounts, and is verified. */
+  digest?: string;
+  /** Bytes, if known: sent as Content-Length. */
+  size?: number;
+  /** Try a cross-repository mount from this repository (same registry) first. Needs `digest`. */
+  mountFrom?: string;
+  signal?: AbortSignal;
+  /** Called with the number of bytes sent so far, as they are read from the source. */
+  onBytes?: (sent: number) => void;
+}
+
+export interface UploadResult {
+  digest: string;
+  size: number;
+  /** How the blob got there. */
+  via: 'existing' | 'mount' | 'upload';
+}
+
+function locationOf(res: { header(n: string): string | undefined; url: URL }, what: string): string {
+  const loc = res.header('location');
+  if (!loc) throw new OciError(`${what}: the registry answered without a Location`, { errorClass: 'transient', reason: 'NO_LOCATION' });
+  return new URL(loc, res.url).href;
+}
+
+export async function blobExists(
+  transport: Transport,
+  registry: string,
+  repository: string,
+  digest: string,
+  scopes: string[],
+  signal?: AbortSignal,
+): Promise<number | undefined> {
+  const what = `HEAD blob ${registry}/${repository}@${digest}`;
+  const res = await transport.expect(
+    { registry, method: 'HEAD', path: `/v2/${repository}/blobs/${digest}`, scopes, followRedirects: true, signal, what },
+    [200, 404],
+  );
+  res.body.resume();
+  if (res.status === 404) return undefined;
+  const len = res.header('content-length');
+  return len === undefined ? 0 : Number(len);
+}
+
+export async function uploadBlob(
+  transport: Transport,
+  retry: RetryPolicy,
+  registry: string,
+  repository: string,
+  source: BlobSource,
+  opts: UploadOptions = {},
+): Promise<UploadResult> {
+  const push = [repositoryScope(repository, ['pull', 'push'])];
+  const base = `${registry}/${repository}`;
+  const signal = opts.signal;
+  if (opts.digest) {
+    const digest = opts.digest;
+    const size = await withRetry(`HEAD blob ${base}@${digest}`, () =>
+      blobExists(transport, registry, repository, digest, push, signal), retry, { signal });
+    if (size !== undefined) return { digest, size, via: 'existing' };
+  }
+  const replayable = typeof source === 'function';
+  let first = true;
+  return withRetry(
+    `push blob to ${base}`,
+    async () => {
+      if (!first && !replayable) {
+        throw new OciError(`push blob to ${base}: the upload was interrupted and the bytes cannot be read again`, {
+          errorClass: 'transient',
+          reason: 'UPLOAD_INTERRUPTED',
+        });
+      }
+      first = false;
+      let location: string | undefined;
+      if (opts.mountFrom && opts.digest && opts.mountFrom !== repository) {
+        const what = `mount blob ${opts.digest} from ${opts.mountFrom} into ${base}`;
+        const q = new URLSearchParams({ mount: opts.digest, from: opts.mountFrom });
+        const res = await transport.expect(
+          {
+            registry,
+            method: 'POST',
+            path: `/v2/${repository}/blobs/uploads/?${q}`,
+            scopes: [...push, repositoryScope(opts.mountFrom, ['pull'])],
+            signal,
+            what,
+          },
+          [201, 202],
+        );
+        res.body.resume();
+        if (res.status === 201) {
+          const size = await blobExists(transport, registry, repository, opts.digest, push, signal);
+          return { digest: opts.digest, size: size ?? opts.size ?? 0, via: 'mount' as const };
+        }
+        location = locationOf(res, what);
+      }
+      if (!location) {
+        const what = `start blob upload to ${base}`;
+        const res = await transport.expect(
+          { registry, method: 'POST', path: `/v2/${repository}/blobs/uploads/`, scopes: push, signal, what },
+          [202],
+        );
+        res.body.resume();
+        location = locationOf(res, what);
+      }
+      const counter = new DigestCounter('sha256');
+      const input = typeof source === 'function' ? source() : source;
+      const onBytes = opts.onBytes;
+      async function* hashed(): AsyncGenerator<Uint8Array> {
+        for await (const chunk of input) {
+          counter.update(chunk as Uint8Array);
+          onBytes?.(counter.bytes);
+          yield chunk as Uint8Array;
+        }
+      }
+      const headers: Record<string, string> = { 'content-type': 'application/octet-stream' };
+      if (opts.size !== undefined) headers['content-length'] = String(opts.size);
+      const patchWhat = `upload blob bytes to ${base}`;
+      const patched = await transport.expect(
+        { registry, method: 'PATCH', path: location, headers, body: hashed(), scopes: push, signal, what: patchWhat },
+        [202, 204],
+      );
+      patched.body.resume();
+      location = locationOf(patched, patchWhat);
+      const digest = counter.digest();
+      if (opts.digest && digest !== opts.digest) {
+        throw new OciError(`push blob to ${base}: the bytes hash to ${digest}, expected ${opts.digest}`, {
+          errorClass: 'permanent',
+          reason: 'DIGEST_MISMATCH',
+        });
+      }
+      if (opts.size !== undefined && counter.bytes !== opts.size) {
+        throw new OciError(`push blob to ${base}: sent ${counter.bytes} bytes, expected ${opts.size}`, {
+          errorClass: 'permanent',
+          reason: 'SIZE_MISMATCH',
+        });
+      }
+      const put = new URL(location);
+      put.searchParams.set('digest', digest);
+      const putWhat = `complete blob upload ${digest} to ${base}`;
+      const done = await transport.expect(
+        { registry, method: 'PUT', path: put.href, headers: { 'content-length': '0' }, scopes: push, signal, what: putWhat },
+        [201, 204],
+      );
+      done.body.resume();
+      const confirmed = done.header('docker-content-digest');
+      if (confirmed && confirmed !== digest) {
+        throw new OciError(`${putWhat}: the registry stored ${confirmed}`, { errorClass: 'permanent', reason: 'DIGEST_MISMATCH' });
+      }
+      return { digest, size: counter.bytes, via: 'upload' as const };
+    },
+    retry,
+    { signal },
+  );
+}
