@@ -24,6 +24,12 @@ export function parseChallenges(header: string): Challenge[] {
     while (i < n && TCHAR.test(header[i]!)) i++;
     return header.slice(start, i);
   };
+  // Unquoted values: be lenient (some servers send URLs unquoted): up to a comma or whitespace.
+  const readBare = (): string => {
+    const start = i;
+    while (i < n && header[i] !== ',' && header[i] !== ' ' && header[i] !== '\t') i++;
+    return header.slice(start, i);
+  };
   const readQuoted = (): string => {
     // header[i] === '"'
     i++;
@@ -54,7 +60,7 @@ export function parseChallenges(header: string): Challenge[] {
       // A parameter of the current challenge (or token68 padding, which we do not use).
       i++;
       skipWs();
-      const value = header[i] === '"' ? readQuoted() : readToken();
+      const value = header[i] === '"' ? readQuoted() : readBare();
       current.params[tok.toLowerCase()] = value;
       continue;
     }
