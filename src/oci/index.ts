@@ -42,3 +42,4 @@ export { digestOf, parseDigest, DigestCounter } from './digest.ts';
 export type { BlobSource, UploadOptions, UploadResult } from './blob-upload.ts';
 export type { BlobReadOptions } from './blob-reader.ts';
 export type { HostOptions, TransportOptions } from './transport.ts';
+export { parseDockerConfig, readDockerConfigFile, credentialsFromMap, credentialsForHost, authKeyHost } from './dockerconfig.ts';

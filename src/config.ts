@@ -1,0 +1,159 @@
+/**
+ * One validated configuration object, read from the environment (and an optional JSON/YAML file named by
+ * DVCR_IMPORTER_CONFIG; environment wins). Every value has a documented default; a bad value is rejected with
+ * a message naming the variable.
+ *
+ * Secrets (DVCR_PASSWORD, API_TOKEN, pull secrets) are read here and never copied into jobs, logs or errors.
+ */
+import { readFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+
+const hostPortList = z
+  .string()
+  .transform((s) =>
+    s
+      .split(',')
+      .map((x) => x.trim().toLowerCase())
+      .filter(Boolean),
+  );
+
+const duration = z
+  .union([z.number(), z.string()])
+  .transform((v, ctx) => {
+    if (typeof v === 'number') return v;
+    const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(v.trim());
+    if (!m) {
+      ctx.addIssue({ code: 'custom', message: `"${v}" is not a duration like 500ms, 30s, 10m, 1h` });
+      return z.NEVER;
+    }
+    const n = Number(m[1]);
+    const unit = m[2] ?? 'ms';
+    return Math.round(n * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[unit]!);
+  });
+
+const size = z.union([z.number(), z.string()]).transform((v, ctx) => {
+  if (typeof v === 'number') return v;
+  const m = /^(\d+(?:\.\d+)?)\s*(|k|Ki|M|Mi|G|Gi|T|Ti)B?$/.exec(v.trim());
+  if (!m) {
+    ctx.addIssue({ code: 'custom', message: `"${v}" is not a size like 512Mi, 20Gi, 1T` });
+    return z.NEVER;
+  }
+  const mult: Record<string, number> = {
+    '': 1, k: 1e3, Ki: 1024, M: 1e6, Mi: 1024 ** 2, G: 1e9, Gi: 1024 ** 3, T: 1e12, Ti: 1024 ** 4,
+  };
+  return Math.round(Number(m[1]) * mult[m[2]!]!);
+});
+
+const listen = z.string().regex(/^(\[[0-9a-fA-F:]+\]|[^:]+):\d{1,5}$/, 'must be HOST:PORT, e.g. 127.0.0.1:8080');
+
+export const ConfigSchema = z.object({
+  /** Redis for the queue and the image store. */
+  redisUrl: z.string().url().default('redis://127.0.0.1:6379'),
+  /** Key prefix; contains a Redis Cluster hash tag so all keys share one slot. */
+  redisPrefix: z.string().regex(/\{[^}]+\}/, 'must contain a {hash-tag}').default('{dvcr}'),
+  /** DVCR base URL: http://host:port or https://host. */
+  dvcrUrl: z.string().url().default('http://127.0.0.1:5000'),
+  dvcrUsername: z.string().optional(),
+  dvcrPassword: z.string().optional(),
+  /** A dockerconfigjson file with DVCR credentials (instead of user/password). */
+  dvcrAuthFile: z.string().optional(),
+  /** PEM CA bundle file for DVCR. */
+  dvcrCaFile: z.string().optional(),
+  /** host:port entries that may be reached over plain http or without TLS verification. */
+  insecureRegistries: hostPortList.default([]),
+  /** Folder of dockerconfigjson files, one per pull secret: `<name>` or `<namespace>/<name>`(.json). */
+  pullSecretsDir: z.string().optional(),
+  /** API listen address. */
+  listen: listen.default('127.0.0.1:8080'),
+  /** Bearer token the API requires (operator role). Empty: no auth (loopback use). */
+  apiToken: z.string().optional(),
+  /** Public base URL of the API, for upload URLs shown to users. */
+  publicUrl: z.string().url().optional(),
+  /** Jobs a worker process runs at once. */
+  workerConcurrency: z.coerce.number().int().min(1).max(64).default(2),
+  /** Attempts per import before it fails for good. */
+  importAttempts: z.coerce.number().int().min(1).max(100).default(8),
+  /** Largest virtual size accepted. */
+  maxVirtualSize: size.default(2 * 1024 ** 4),
+  /** Bytes of the disk kept for qemu-img to probe. */
+  probeSampleSize: size.default(64 * 1024 ** 2),
+  /** Requests in flight per registry host. */
+  registryConcurrency: z.coerce.number().int().min(1).max(64).default(6),
+  /** A download that receives nothing for this long fails. */
+  idleTimeout: duration.default(600_000),
+  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+});
+
+export type Config = z.infer<typeof ConfigSchema>;
+
+/** Environment variable for each field (the documented contract for scripts). */
+export const ENV: Record<keyof Config, string> = {
+  redisUrl: 'REDIS_URL',
+  redisPrefix: 'REDIS_PREFIX',
+  dvcrUrl: 'DVCR_URL',
+  dvcrUsername: 'DVCR_USERNAME',
+  dvcrPassword: 'DVCR_PASSWORD',
+  dvcrAuthFile: 'DVCR_AUTH_FILE',
+  dvcrCaFile: 'DVCR_CA_FILE',
+  insecureRegistries: 'INSECURE_REGISTRIES',
+  pullSecretsDir: 'PULL_SECRETS_DIR',
+  listen: 'LISTEN',
+  apiToken: 'API_TOKEN',
+  publicUrl: 'PUBLIC_URL',
+  workerConcurrency: 'WORKER_CONCURRENCY',
+  importAttempts: 'IMPORT_ATTEMPTS',
+  maxVirtualSize: 'MAX_VIRTUAL_SIZE',
+  probeSampleSize: 'PROBE_SAMPLE_SIZE',
+  registryConcurrency: 'REGISTRY_CONCURRENCY',
+  idleTimeout: 'IDLE_TIMEOUT',
+  logLevel: 'LOG_LEVEL',
+};
+
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+}
+
+/** Reads the configuration: file (DVCR_IMPORTER_CONFIG) < environment < `overrides`. */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Partial<Record<keyof Config, unknown>> = {}): Config {
+  let fromFile: Record<string, unknown> = {};
+  const file = env.DVCR_IMPORTER_CONFIG;
+  if (file) {
+    try {
+      const parsed: unknown = parseYaml(readFileSync(file, 'utf8'));
+      if (parsed && typeof parsed === 'object') fromFile = parsed as Record<string, unknown>;
+    } catch (e) {
+      throw new ConfigError(`DVCR_IMPORTER_CONFIG=${file}: ${(e as Error).message}`);
+    }
+  }
+  const raw: Record<string, unknown> = { ...fromFile };
+  for (const [key, name] of Object.entries(ENV)) {
+    const v = env[name];
+    if (v !== undefined && v !== '') raw[key] = v;
+  }
+  Object.assign(raw, Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined)));
+  const r = ConfigSchema.safeParse(raw);
+  if (!r.success) {
+    const lines = r.error.issues.map((i) => {
+      const key = String(i.path[0] ?? '');
+      const name = ENV[key as keyof Config] ?? key;
+      // Never echo secret values.
+      return `${name}: ${i.message}`;
+    });
+    throw new ConfigError(`invalid configuration:\n  ${lines.join('\n  ')}`);
+  }
+  return r.data;
+}
+
+/** `host:port` of DVCR as used in image references and status.target.registryURL. */
+export function dvcrHost(config: Pick<Config, 'dvcrUrl'>): string {
+  return new URL(config.dvcrUrl).host;
+}
+
+/** DVCR reached over plain http is insecure by definition. */
+export function effectiveInsecureRegistries(config: Pick<Config, 'dvcrUrl' | 'insecureRegistries'>): string[] {
+  const out = new Set(config.insecureRegistries);
+  const u = new URL(config.dvcrUrl);
+  if (u.protocol === 'http:') out.add(u.host.toLowerCase());
+  return [...out];
+}
