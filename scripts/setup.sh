@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 tools="$root/.tools"
-packages=(redis-server qemu-utils skopeo xorriso zstd xz-utils curl)
+packages=(redis-server qemu-utils skopeo xorriso zstd xz-utils curl openssl)
 
 say() { printf '[setup] %s\n' "$*"; }
 fail() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
