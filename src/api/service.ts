@@ -1,0 +1,152 @@
+/**
+ * `ImageService`: the rules every entry point shares (HTTP API, the in-process client, the CLI through the
+ * API): validate, store, enqueue the import of a new generation (cancelling the previous one), delete through
+ * Terminating (cancel, remove the DVCR tag, then the object), and the periodic check that turns a Ready image
+ * whose manifest vanished into ImageLost (and back).
+ */
+import type { Logger } from 'pino';
+import { ImportQueue, importJobId } from '../../queues/imports.ts';
+import { imagePresent, removeImage, type DvcrTarget } from '../dvcr/image.ts';
+import {
+  dvcrRepository,
+  ImageStore,
+  onImageFound,
+  onImageLost,
+  parseImageManifest,
+  refOf,
+  StaleWriteError,
+  type ApplyResult,
+  type Image,
+  type ImageKind,
+  type ImageRef,
+  type WatchEvent,
+  type WatchOptions,
+} from '../images/index.ts';
+import type { RegistryClient } from '../oci/index.ts';
+
+export interface ImageServiceOptions {
+  store: ImageStore;
+  queue: ImportQueue;
+  dvcr: RegistryClient;
+  /** `host:port` of DVCR. */
+  dvcrHost: string;
+  logger?: Logger;
+}
+
+export class NotFoundError extends Error {
+  override readonly name = 'NotFoundError';
+}
+
+export class ImageService {
+  readonly store: ImageStore;
+  private readonly queue: ImportQueue;
+  private readonly dvcr: RegistryClient;
+  private readonly dvcrHost: string;
+  private readonly logger: Logger | undefined;
+
+  constructor(opts: ImageServiceOptions) {
+    this.store = opts.store;
+    this.queue = opts.queue;
+    this.dvcr = opts.dvcr;
+    this.dvcrHost = opts.dvcrHost;
+    this.logger = opts.logger;
+  }
+
+  targetOf(image: Image): DvcrTarget {
+    return {
+      registry: this.dvcrHost,
+      repository: dvcrRepository(this.dvcrHost, refOf(image)),
+      tag: image.metadata.uid,
+    };
+  }
+
+  /** Creates or updates one image from a manifest (already parsed from YAML/JSON). */
+  async apply(manifest: unknown, opts: { defaultNamespace?: string } = {}): Promise<ApplyResult> {
+    const input = parseImageManifest(manifest, opts);
+    const result = await this.store.apply(input);
+    const image = result.object;
+    if (result.created || result.specChanged) {
+      const { uid, generation } = image.metadata;
+      if (result.specChanged && generation > 1) {
+        // The previous generation's import stops; its status writes are refused from now on anyway.
+        await this.queue.cancel(importJobId({ uid, generation: generation - 1 })).catch(() => undefined);
+      }
+      await this.queue.enqueue({
+        kind: image.kind,
+        ...(image.metadata.namespace ? { namespace: image.metadata.namespace } : {}),
+        name: image.metadata.name,
+        uid,
+        generation,
+      });
+      this.logger?.info({ image: `${image.kind}/${image.metadata.name}`, generation, result: result.result }, 'import enqueued');
+    }
+    return result;
+  }
+
+  get(kind: ImageKind, namespace: string | undefined, name: string): Promise<Image | null> {
+    return this.store.get(kind, namespace, name);
+  }
+
+  list(kind: ImageKind, namespace?: string): Promise<Image[]> {
+    return this.store.list(kind, namespace);
+  }
+
+  watch(kind: ImageKind, opts: WatchOptions = {}): AsyncGenerator<WatchEvent, void, undefined> {
+    return this.store.watch(kind, opts);
+  }
+
+  /**
+   * Deletes an image: Terminating, cancel its import, remove its DVCR manifest, then the object.
+   * If DVCR cannot be reached the object stays Terminating and `reconcile` finishes the job later.
+   */
+  async delete(kind: ImageKind, namespace: string | undefined, name: string): Promise<Image> {
+    const ref: ImageRef = { kind, name, ...(namespace ? { namespace } : {}) };
+    const marked = await this.store.markDeleting(ref);
+    if (!marked) throw new NotFoundError(`${kind} "${namespace ? `${namespace}/` : ''}${name}" not found`);
+    await this.finishDelete(marked);
+    return marked;
+  }
+
+  private async finishDelete(image: Image): Promise<void> {
+    const { uid, generation } = image.metadata;
+    await this.queue.cancel(importJobId({ uid, generation })).catch(() => undefined);
+    await removeImage(this.dvcr, this.targetOf(image));
+    await this.store.remove(refOf(image), { uid });
+    this.logger?.info({ image: `${image.kind}/${image.metadata.name}` }, 'image deleted');
+  }
+
+  /**
+   * One pass of housekeeping: finish deletions left Terminating, and check that every Ready (or ImageLost)
+   * image still has its manifest in DVCR. Returns what changed, for logs and tests.
+   */
+  async reconcile(signal?: AbortSignal): Promise<{ lost: string[]; found: string[]; deleted: string[] }> {
+    const out = { lost: [] as string[], found: [] as string[], deleted: [] as string[] };
+    for (const kind of ['ClusterVirtualImage', 'VirtualImage'] as const) {
+      for (const image of await this.store.list(kind)) {
+        signal?.throwIfAborted();
+        const label = `${kind}/${image.metadata.namespace ? `${image.metadata.namespace}/` : ''}${image.metadata.name}`;
+        try {
+          if (image.metadata.deletionTimestamp) {
+            await this.finishDelete(image);
+            out.deleted.push(label);
+            continue;
+          }
+          const phase = image.status.phase;
+          if (phase !== 'Ready' && phase !== 'ImageLost') continue;
+          const present = (await imagePresent(this.dvcr, this.targetOf(image), signal)) !== undefined;
+          if (phase === 'Ready' && !present) {
+            await this.store.updateStatus(refOf(image), image.metadata.uid, image.metadata.generation, (s) => onImageLost(s));
+            out.lost.push(label);
+          } else if (phase === 'ImageLost' && present) {
+            await this.store.updateStatus(refOf(image), image.metadata.uid, image.metadata.generation, (s) => onImageFound(s));
+            out.found.push(label);
+          }
+        } catch (e) {
+          if (e instanceof StaleWriteError) continue;
+          this.logger?.warn({ image: label, err: (e as Error).message }, 'reconcile failed for image');
+        }
+      }
+    }
+    return out;
+  }
+}

@@ -1,0 +1,104 @@
+/**
+ * What the pipeline needs from the outside, built once per worker thread from the configuration:
+ * a DVCR client (with DVCR credentials), source clients (pull secrets resolved by name, at run time),
+ * limits and a scratch folder.
+ */
+import { readFileSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { dvcrHost, effectiveInsecureRegistries, type Config } from '../config.ts';
+import {
+  credentialsForHost,
+  credentialsFromMap,
+  OciError,
+  readDockerConfigFile,
+  RegistryClient,
+  type CredentialProvider,
+} from '../oci/index.ts';
+
+export interface PipelineLimits {
+  maxVirtualSize: number;
+  probeSampleBytes: number;
+}
+
+export interface PipelineContext {
+  dvcr: RegistryClient;
+  /** A client for a source registry with the named pull secret and CA. Close it after use. */
+  sourceClient(opts: { pullSecret?: { name: string; namespace?: string }; caBundle?: string; registry: string }): Promise<RegistryClient>;
+  limits: PipelineLimits;
+  tmpDir: string;
+  close(): Promise<void>;
+}
+
+const SAFE_NAME = /^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/;
+
+/**
+ * Finds a pull secret by name in PULL_SECRETS_DIR: `<dir>/[<namespace>/]<name>` as a file, a `.json` file,
+ * or a folder holding `.dockerconfigjson` (how Kubernetes mounts a secret).
+ */
+export function pullSecretPath(dir: string | undefined, ref: { name: string; namespace?: string }): string {
+  const label = ref.namespace ? `${ref.namespace}/${ref.name}` : ref.name;
+  if (!SAFE_NAME.test(ref.name) || (ref.namespace !== undefined && !SAFE_NAME.test(ref.namespace))) {
+    throw new OciError(`imagePullSecret "${label}": not a valid secret name`, { errorClass: 'permanent', reason: 'BadCredentials' });
+  }
+  if (!dir) {
+    throw new OciError(`imagePullSecret "${label}" is set but PULL_SECRETS_DIR is not configured`, {
+      errorClass: 'permanent',
+      reason: 'CredentialsNotFound',
+    });
+  }
+  const base = ref.namespace ? join(dir, ref.namespace, ref.name) : join(dir, ref.name);
+  for (const p of [join(base, '.dockerconfigjson'), `${base}.json`, base]) {
+    if (statSync(p, { throwIfNoEntry: false })?.isFile()) return p;
+  }
+  throw new OciError(`imagePullSecret "${label}" not found in PULL_SECRETS_DIR`, {
+    errorClass: 'permanent',
+    reason: 'CredentialsNotFound',
+  });
+}
+
+async function dvcrCredentials(config: Config): Promise<CredentialProvider> {
+  const host = dvcrHost(config);
+  if (config.dvcrAuthFile) {
+    return credentialsFromMap(await readDockerConfigFile(config.dvcrAuthFile, 'DVCR_AUTH_FILE'));
+  }
+  if (config.dvcrUsername !== undefined) {
+    return credentialsForHost(host, { username: config.dvcrUsername, password: config.dvcrPassword ?? '' });
+  }
+  return () => undefined;
+}
+
+export async function createPipelineContext(config: Config): Promise<PipelineContext> {
+  const insecureRegistries = effectiveInsecureRegistries(config);
+  const host = dvcrHost(config);
+  const dvcrCa = config.dvcrCaFile ? readFileSync(config.dvcrCaFile, 'utf8') : undefined;
+  const dvcr = new RegistryClient({
+    credentials: await dvcrCredentials(config),
+    insecureRegistries,
+    hosts: dvcrCa ? { [host]: { ca: dvcrCa } } : {},
+    maxConcurrentPerHost: config.registryConcurrency,
+    bodyTimeoutMs: config.idleTimeout,
+  });
+  return {
+    dvcr,
+    async sourceClient({ pullSecret, caBundle, registry }) {
+      let credentials: CredentialProvider = () => undefined;
+      if (pullSecret) {
+        const label = pullSecret.namespace ? `${pullSecret.namespace}/${pullSecret.name}` : pullSecret.name;
+        const path = pullSecretPath(config.pullSecretsDir, pullSecret);
+        credentials = credentialsFromMap(await readDockerConfigFile(path, `imagePullSecret "${label}"`));
+      }
+      const ca = caBundle ? Buffer.from(caBundle, 'base64').toString('utf8') : undefined;
+      return new RegistryClient({
+        credentials,
+        insecureRegistries,
+        hosts: ca ? { [registry.toLowerCase()]: { ca } } : {},
+        maxConcurrentPerHost: config.registryConcurrency,
+        bodyTimeoutMs: config.idleTimeout,
+      });
+    },
+    limits: { maxVirtualSize: config.maxVirtualSize, probeSampleBytes: config.probeSampleSize },
+    tmpDir: process.env.DVCR_IMPORTER_TMPDIR ?? tmpdir(),
+    close: () => dvcr.close(),
+  };
+}

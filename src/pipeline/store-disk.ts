@@ -1,0 +1,164 @@
+/**
+ * Stores one disk file in DVCR as the layer of a new image:
+ *
+ *   disk bytes -> unwrap (gz/xz/zstd, nested) -> detect format from the head, check limits
+ *              -> tee: sha256 of the disk file | probe sample (bounded scratch file) | DVCR layer tar upload
+ *              -> qemu-img info -f <format> on the sample -> facts for the config labels and the status
+ *
+ * When the disk file is compressed its unwrapped length is not known before the end, but the layer's tar
+ * header needs it first: the unwrapped bytes then go through one scratch file that is always removed (the only
+ * case where a whole disk touches local storage). An uncompressed disk streams straight through.
+ */
+import { once } from 'node:events';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { MultiHash } from '../disk/checksum.ts';
+import { DiskError } from '../disk/errors.ts';
+import { assertSafeDisk, assertVirtualSize } from '../disk/format.ts';
+import { probeImage } from '../disk/probe.ts';
+import { ProbeSample } from '../disk/sample.ts';
+import { unwrap } from '../disk/unwrap.ts';
+import type { LayerDescriptor } from '../dvcr/image.ts';
+import { diskLayer, layerSize } from '../dvcr/layer.ts';
+import type { RegistryClient } from '../oci/index.ts';
+import type { PipelineLimits } from './context.ts';
+
+export interface DiskInput {
+  /** File name as found (`ubuntu.qcow2.xz`); compression suffixes are dropped when unwrapped. */
+  name: string;
+  /** Bytes of the file as found, when known. */
+  size: number | undefined;
+  stream: Readable;
+}
+
+export interface StoredDisk {
+  layer: LayerDescriptor;
+  fileName: string;
+  format: string;
+  virtualSize: number;
+  storedBytes: number;
+  sha256: string;
+  /** Compression layers removed, innermost first. */
+  compression: string[];
+}
+
+export interface StoreDiskOptions {
+  dvcr: RegistryClient;
+  registry: string;
+  repository: string;
+  limits: PipelineLimits;
+  tmpDir: string;
+  signal?: AbortSignal;
+  log?: (line: string) => void;
+}
+
+const COMPRESSION_SUFFIX = /\.(gz|gzip|xz|zst|zstd|bz2)$/i;
+
+/** `disk.qcow2.xz.gz` -> `disk.qcow2`; a name that would end empty keeps a neutral one. */
+export function unwrappedName(name: string, layers: number): string {
+  let out = name;
+  for (let i = 0; i < layers && COMPRESSION_SUFFIX.test(out); i++) out = out.replace(COMPRESSION_SUFFIX, '');
+  return out === '' ? 'disk.img' : out;
+}
+
+/** Writes a stream into a private scratch file; returns its path, size and a remover. */
+async function spool(stream: Readable, dir: string, signal?: AbortSignal): Promise<{ path: string; size: number; remove: () => Promise<void> }> {
+  const folder = await mkdtemp(join(dir, 'dvcr-unwrapped-'));
+  const remove = () => rm(folder, { recursive: true, force: true });
+  try {
+    const path = join(folder, 'disk');
+    await pipeline(stream, createWriteStream(path, { mode: 0o600, highWaterMark: 1 << 20 }), { signal });
+    return { path, size: (await stat(path)).size, remove };
+  } catch (e) {
+    await remove();
+    throw e;
+  }
+}
+
+export async function storeDisk(input: DiskInput, opts: StoreDiskOptions): Promise<StoredDisk> {
+  const { signal } = opts;
+  const unwrapped = await unwrap(input.stream, { signal });
+  let disk = unwrapped.stream;
+  let size = input.size;
+  let removeScratch: (() => Promise<void>) | undefined;
+  const fileName = unwrappedName(input.name, unwrapped.compression.length);
+  try {
+    if (unwrapped.compression.length > 0) {
+      opts.log?.(`disk file ${input.name} is ${unwrapped.compression.join(' in ')}-compressed: unwrapping`);
+      const s = await spool(disk, opts.tmpDir, signal);
+      removeScratch = s.remove;
+      size = s.size;
+      disk = createReadStream(s.path, { highWaterMark: 1 << 20 });
+    }
+    if (size === undefined) throw new Error('storeDisk: the disk size must be known');
+    if (size === 0) {
+      throw new DiskError(`the disk file ${fileName} is empty (0 bytes)`, { reason: 'NotADiskImage', permanent: true });
+    }
+    return await streamIntoDvcr(disk, fileName, size, unwrapped.compression, opts);
+  } finally {
+    disk.destroy();
+    await removeScratch?.();
+  }
+}
+
+async function streamIntoDvcr(
+  disk: Readable,
+  fileName: string,
+  size: number,
+  compression: string[],
+  opts: StoreDiskOptions,
+): Promise<StoredDisk> {
+  const { signal, limits } = opts;
+  const sample = await ProbeSample.create({ dir: opts.tmpDir, totalSize: size, headBytes: limits.probeSampleBytes });
+  try {
+    const hash = new MultiHash(['sha256']);
+    let checked = false;
+    // One pass over the bytes: hash, sample (bounded), and hand on to the layer framing.
+    async function* tee(): AsyncGenerator<Uint8Array> {
+      for await (const raw of disk) {
+        const chunk = raw as Buffer;
+        hash.update(chunk);
+        if (!sample.write(chunk)) await once(sample, 'drain', { signal });
+        if (!checked && sample.info) {
+          // Refuse early what the header already rules out (backing files, too large, HTML pages).
+          checked = true;
+          assertSafeDisk(sample.info, { maxVirtualSize: limits.maxVirtualSize });
+        }
+        yield chunk;
+      }
+    }
+    const total = layerSize(fileName, size);
+    const layer = await opts.dvcr.uploadBlob(opts.registry, opts.repository, diskLayer(fileName, size, tee()), {
+      size: total,
+      signal,
+    });
+    sample.end();
+    await once(sample, 'finish', { signal });
+    const sealed = await sample.seal();
+    assertSafeDisk(sealed.info, { maxVirtualSize: limits.maxVirtualSize });
+    const probed = await probeImage(sealed.path, {
+      format: sealed.info.format,
+      maxVirtualSize: limits.maxVirtualSize,
+      signal,
+      displayName: fileName,
+    });
+    const format = probed.format;
+    // qemu-img reports raw/iso virtual size from the sample file, which has the full length.
+    const virtualSize = format === 'raw' || format === 'iso' ? size : probed.virtualSize;
+    assertVirtualSize(virtualSize, limits.maxVirtualSize);
+    return {
+      layer: { digest: layer.digest, size: layer.size },
+      fileName,
+      format,
+      virtualSize,
+      storedBytes: size,
+      sha256: hash.digest().sha256!,
+      compression,
+    };
+  } finally {
+    await sample.dispose();
+  }
+}
