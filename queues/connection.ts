@@ -14,10 +14,9 @@ export function createRedis(url: string, role: ConnectionRole, extra: RedisOptio
     connectionName: `dvcr-importer-${role}`,
     // Keep reconnecting with a capped backoff: workers must survive a Redis restart.
     retryStrategy: (times) => Math.min(200 * 2 ** Math.min(times, 6), 5000),
-    ...extra,
   };
-  if (role === 'worker') return new Redis(url, { ...common, maxRetriesPerRequest: null });
-  return new Redis(url, { ...common, maxRetriesPerRequest: 2, enableOfflineQueue: false });
+  if (role === 'worker') return new Redis(url, { ...common, ...extra, maxRetriesPerRequest: null });
+  return new Redis(url, { ...common, maxRetriesPerRequest: 2, enableOfflineQueue: false, ...extra });
 }
 
 /** Waits until a connection is ready (for startup checks), or fails with a clear message. */

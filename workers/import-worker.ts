@@ -72,7 +72,7 @@ export class SpeedMeter {
 function tsxImport(): string[] {
   // The project runs TypeScript through tsx; worker threads need the loader too (Node 20 cannot load .ts).
   const require = createRequire(import.meta.url);
-  return ['--import', pathToFileURL(require.resolve('tsx/esm')).href];
+  return ['--import', pathToFileURL(require.resolve('tsx')).href];
 }
 
 /** The data plane's task for one image generation: references only, no secrets. */

@@ -68,17 +68,22 @@ async function dvcrCredentials(config: Config): Promise<CredentialProvider> {
   return () => undefined;
 }
 
-export async function createPipelineContext(config: Config): Promise<PipelineContext> {
-  const insecureRegistries = effectiveInsecureRegistries(config);
+/** A client for DVCR with its credentials (user/password or an auth file) and CA. */
+export async function createDvcrClient(config: Config): Promise<RegistryClient> {
   const host = dvcrHost(config);
   const dvcrCa = config.dvcrCaFile ? readFileSync(config.dvcrCaFile, 'utf8') : undefined;
-  const dvcr = new RegistryClient({
+  return new RegistryClient({
     credentials: await dvcrCredentials(config),
-    insecureRegistries,
+    insecureRegistries: effectiveInsecureRegistries(config),
     hosts: dvcrCa ? { [host]: { ca: dvcrCa } } : {},
     maxConcurrentPerHost: config.registryConcurrency,
     bodyTimeoutMs: config.idleTimeout,
   });
+}
+
+export async function createPipelineContext(config: Config): Promise<PipelineContext> {
+  const insecureRegistries = effectiveInsecureRegistries(config);
+  const dvcr = await createDvcrClient(config);
   return {
     dvcr,
     async sourceClient({ pullSecret, caBundle, registry }) {

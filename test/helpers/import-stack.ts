@@ -1,0 +1,88 @@
+/**
+ * The import path wired as in production, for integration tests: the shared Redis and registry from the global
+ * setup (the registry is both the source and DVCR), a unique key prefix per test file, a real worker (BullMQ +
+ * piscina threads) and the ImageService that the API uses.
+ */
+import { inject } from 'vitest';
+import { randomBytes } from 'node:crypto';
+import { pino } from 'pino';
+import { loadConfig, type Config } from '../../src/config.ts';
+import { ImageStore, type Image, type ImageKind } from '../../src/images/index.ts';
+import { ImageService } from '../../src/api/service.ts';
+import { createDvcrClient } from '../../src/pipeline/context.ts';
+import { ImportQueue } from '../../queues/imports.ts';
+import { createRedis } from '../../queues/connection.ts';
+import { startWorker, type RunningImportWorker } from '../../workers/import-worker.ts';
+import type { RegistryClient } from '../../src/oci/index.ts';
+
+export interface ImportStack {
+  config: Config;
+  service: ImageService;
+  store: ImageStore;
+  queue: ImportQueue;
+  dvcr: RegistryClient;
+  registryHostPort: string;
+  startWorker(opts?: { threads?: number }): RunningImportWorker;
+  /** Waits until the image reaches one of `phases`; returns it. Fails with the last status on timeout. */
+  waitFor(kind: ImageKind, name: string, phases: string[], timeoutMs?: number, namespace?: string): Promise<Image>;
+  close(): Promise<void>;
+}
+
+export async function startImportStack(overrides: Partial<Record<keyof Config, unknown>> = {}): Promise<ImportStack> {
+  const registryHostPort = inject('registryHostPort');
+  const config = loadConfig(
+    {},
+    {
+      redisUrl: inject('redisUrl'),
+      redisPrefix: `{t${randomBytes(4).toString('hex')}}`,
+      dvcrUrl: inject('registryUrl'),
+      insecureRegistries: registryHostPort,
+      logLevel: process.env.TEST_LOG_LEVEL ?? 'silent',
+      ...overrides,
+    },
+  );
+  const redis = createRedis(config.redisUrl, 'producer', { enableOfflineQueue: true });
+  const store = new ImageStore({ redis, prefix: `${config.redisPrefix}:images` });
+  const queue = new ImportQueue({ redisUrl: config.redisUrl, prefix: config.redisPrefix, attempts: config.importAttempts });
+  const dvcr = await createDvcrClient(config);
+  const logger = pino({ level: config.logLevel });
+  const service = new ImageService({ store, queue, dvcr, dvcrHost: registryHostPort, logger });
+  const workers: RunningImportWorker[] = [];
+  return {
+    config,
+    service,
+    store,
+    queue,
+    dvcr,
+    registryHostPort,
+    startWorker(opts = {}) {
+      const w = startWorker({ config, logger, ...opts });
+      workers.push(w);
+      return w;
+    },
+    async waitFor(kind, name, phases, timeoutMs = 60_000, namespace) {
+      const ac = new AbortController();
+      const timer = setTimeout(() => ac.abort(), timeoutMs);
+      let last: Image | undefined;
+      try {
+        for await (const ev of store.watch(kind, { name, ...(namespace ? { namespace } : {}), signal: ac.signal, blockMs: 500 })) {
+          if (ev.type === 'BOOKMARK') continue;
+          last = ev.object;
+          if (phases.includes(ev.object.status.phase)) return ev.object;
+        }
+      } catch (e) {
+        if (!ac.signal.aborted) throw e;
+      } finally {
+        clearTimeout(timer);
+        ac.abort();
+      }
+      throw new Error(`${kind}/${name} did not reach ${phases.join('|')} in ${timeoutMs} ms; last status: ${JSON.stringify(last?.status)}`);
+    },
+    async close() {
+      await Promise.all(workers.map((w) => w.close(5000)));
+      await queue.close();
+      await dvcr.close();
+      await redis.quit().catch(() => undefined);
+    },
+  };
+}
