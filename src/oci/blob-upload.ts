@@ -78,17 +78,11 @@ export async function uploadBlob(
     if (size !== undefined) return { digest, size, via: 'existing' };
   }
   const replayable = typeof source === 'function';
-  let first = true;
+  // A one-shot source can be retried until its first byte is read (a failed POST leaves it untouched).
+  let consumed = false;
   return withRetry(
     `push blob to ${base}`,
     async () => {
-      if (!first && !replayable) {
-        throw new OciError(`push blob to ${base}: the upload was interrupted and the bytes cannot be read again`, {
-          errorClass: 'transient',
-          reason: 'UPLOAD_INTERRUPTED',
-        });
-      }
-      first = false;
       let location: string | undefined;
       if (opts.mountFrom && opts.digest && opts.mountFrom !== repository) {
         const what = `mount blob ${opts.digest} from ${opts.mountFrom} into ${base}`;
@@ -124,6 +118,7 @@ export async function uploadBlob(
       const input = typeof source === 'function' ? source() : source;
       const onBytes = opts.onBytes;
       async function* hashed(): AsyncGenerator<Uint8Array> {
+        consumed = true;
         for await (const chunk of input) {
           counter.update(chunk as Uint8Array);
           onBytes?.(counter.bytes);
@@ -167,6 +162,19 @@ export async function uploadBlob(
       return { digest, size: counter.bytes, via: 'upload' as const };
     },
     retry,
-    { signal },
+    {
+      signal,
+      // After that, a retryable failure ends the push at once (still transient: the job can start over).
+      onRetry: (e) => {
+        if (consumed && !replayable) {
+          throw new OciError(`push blob to ${base}: the upload was interrupted and the bytes cannot be read again: ${e.message}`, {
+            errorClass: 'transient',
+            reason: 'UPLOAD_INTERRUPTED',
+            status: e.status,
+            cause: e,
+          });
+        }
+      },
+    },
   );
 }

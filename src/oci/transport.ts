@@ -236,7 +236,8 @@ export class Transport {
 
   /**
    * Sends one request. Non-2xx answers other than 3xx-with-redirect are returned as they are (the caller
-   * decides); a 401 is retried once with fresh credentials when the body can be replayed.
+   * decides); a 401 is retried once with fresh credentials when the body can be replayed, and a 401 after that
+   * is thrown as a permanent error saying whose access fell short.
    */
   async send(opts: SendOptions): Promise<Response> {
     const base = await this.base(opts.registry, opts.signal);
@@ -274,6 +275,11 @@ export class Transport {
           throw errorFromNetwork(opts.what, e);
         }
         const get = (n: string) => headerValue(res.headers, n);
+        if (res.statusCode === 401 && sameOrigin && refreshed) {
+          // Still refused with fresh credentials: say whose access fell short, not just "check the credentials".
+          const text = await readText(res.body as unknown as Readable, 64 * 1024);
+          throw await this.refused(opts, host, scopes, text, get);
+        }
         if (res.statusCode === 401 && sameOrigin && !refreshed && isReplayable(opts.body)) {
           await res.body.dump();
           const challenges = parseChallenges(get('www-authenticate') ?? '');
@@ -326,6 +332,40 @@ export class Transport {
       releaseOnce();
       throw e;
     }
+  }
+
+  /** The permanent error for a 401 that a fresh token or the configured credentials did not cure. */
+  private async refused(
+    opts: SendOptions,
+    host: string,
+    scopes: string[],
+    text: string,
+    get: (n: string) => string | undefined,
+  ): Promise<OciError> {
+    const base = errorFromResponse(opts.what, 401, text, { get });
+    const creds = await this.credentials(opts.registry.toLowerCase());
+    const who = creds ? `user "${creds.username}"` : 'anonymous access';
+    const auth = this.hostAuth.get(host);
+    let why: string;
+    if (auth?.kind === 'bearer') {
+      const error = parseChallenges(get('www-authenticate') ?? '').find((c) => c.scheme === 'bearer')?.params.error;
+      why =
+        error === undefined || error === 'insufficient_scope'
+          ? `access denied: ${who} was not granted ${scopes.join(' ')}` +
+            (creds ? '' : `; configure credentials for ${opts.registry}`)
+          : `the registry rejected the token issued to ${who} by ${auth.realm} (${error})`;
+    } else {
+      why = creds
+        ? `authentication failed for ${who}: check the credentials for ${opts.registry}`
+        : `authentication required: no credentials for ${opts.registry}`;
+    }
+    const said = base.registryErrors[0]?.message ? `: registry says ${base.registryErrors[0].code}: ${base.registryErrors[0].message}` : '';
+    return new OciError(`${opts.what}: HTTP 401: ${why}${said}`, {
+      errorClass: 'permanent',
+      reason: base.reason,
+      status: 401,
+      registryErrors: base.registryErrors,
+    });
   }
 
   /** Sends and reads an error into an OciError if the status is not one of `ok`. Consumes nothing on success. */
