@@ -235,6 +235,8 @@ export function startImportWorker(opts: ImportWorkerOptions): ImportWorkerHandle
       prefix: opts.prefix,
       concurrency: opts.concurrency,
       lockDuration: opts.lockDurationMs ?? 60_000,
+      // Check for stalled jobs (a worker that died) at the lock period, not BullMQ's fixed 30 s.
+      stalledInterval: Math.min(30_000, opts.lockDurationMs ?? 60_000),
       maxStalledCount: 2,
       autorun: true,
     },

@@ -72,6 +72,8 @@ export const ConfigSchema = z.object({
   publicUrl: z.string().url().optional(),
   /** Jobs a worker process runs at once. */
   workerConcurrency: z.coerce.number().int().min(1).max(64).default(2),
+  /** BullMQ job lock: renewed at half this period; a worker silent for longer loses its job to another. */
+  jobLockDuration: duration.default(60_000),
   /** Attempts per import before it fails for good. */
   importAttempts: z.coerce.number().int().min(1).max(100).default(8),
   /** Largest virtual size accepted. */
@@ -103,6 +105,7 @@ export const ENV: Record<keyof Config, string> = {
   publicUrl: 'PUBLIC_URL',
   workerConcurrency: 'WORKER_CONCURRENCY',
   importAttempts: 'IMPORT_ATTEMPTS',
+  jobLockDuration: 'JOB_LOCK_DURATION',
   maxVirtualSize: 'MAX_VIRTUAL_SIZE',
   probeSampleSize: 'PROBE_SAMPLE_SIZE',
   registryConcurrency: 'REGISTRY_CONCURRENCY',

@@ -234,6 +234,7 @@ export function startWorker(opts: ImportWorkerOptions): RunningImportWorker {
     redisUrl: config.redisUrl,
     prefix: config.redisPrefix,
     concurrency: threads,
+    lockDurationMs: config.jobLockDuration,
     processor,
     onEvent: (e) => {
       if (e.type === 'error') logger.error({ err: e.message }, 'worker error');
