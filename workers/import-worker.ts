@@ -25,7 +25,7 @@ import {
   type ImageFormat,
   type ImageRef,
 } from '../src/images/index.ts';
-import type { ImportFailure, ImportTask, ThreadMessage } from '../src/pipeline/types.ts';
+import type { ControlMessage, ImportFailure, ImportTask, ThreadMessage } from '../src/pipeline/types.ts';
 import { createRedis } from '../queues/connection.ts';
 import { JobFailure, startImportWorker, type ImportJob, type ImportJobResult, type ImportWorkerHandle } from '../queues/imports.ts';
 import type { ThreadTaskInput, ThreadTaskResult } from './import.thread.ts';
@@ -144,6 +144,19 @@ export function startWorker(opts: ImportWorkerOptions): RunningImportWorker {
     };
     signal.addEventListener('abort', onAbort, { once: true });
     channel.port1.on('message', (m: ThreadMessage) => {
+      if (m.type === 'commit-request') {
+        // The last gate before the manifest: is this still the image's current generation?
+        void store
+          .get(data.kind, data.namespace, data.name)
+          .then((cur) => {
+            const ok = !signal.aborted && !stale && cur !== null && cur.metadata.uid === data.uid &&
+              cur.metadata.generation === data.generation && cur.metadata.deletionTimestamp === undefined;
+            if (!ok) stale = true;
+            channel.port1.postMessage({ type: 'commit-reply', ok, ...(ok ? {} : { reason: 'a newer generation or a delete took over' }) } satisfies ControlMessage);
+          })
+          .catch((e: unknown) => channel.port1.postMessage({ type: 'commit-reply', ok: false, reason: (e as Error).message } satisfies ControlMessage));
+        return;
+      }
       if (m.type === 'log') {
         log.info(m.line);
         void job.log(m.line).catch(() => undefined);

@@ -9,7 +9,14 @@ import type { Config } from '../src/config.ts';
 import { createPipelineContext, type PipelineContext } from '../src/pipeline/context.ts';
 import { toFailure } from '../src/pipeline/failure.ts';
 import { runImport } from '../src/pipeline/run.ts';
-import type { ImportFailure, ImportOutcome, ImportTask, PipelineProgress, ThreadMessage } from '../src/pipeline/types.ts';
+import type {
+  ControlMessage,
+  ImportFailure,
+  ImportOutcome,
+  ImportTask,
+  PipelineProgress,
+  ThreadMessage,
+} from '../src/pipeline/types.ts';
 
 export interface ThreadTaskInput {
   task: ImportTask;
@@ -25,9 +32,18 @@ let context: Promise<PipelineContext> | undefined;
 
 export default async function importTask({ task, port }: ThreadTaskInput): Promise<ThreadTaskResult> {
   const ac = new AbortController();
-  port.on('message', (m: { type?: string }) => {
-    if (m?.type === 'abort') ac.abort(Object.assign(new Error('the import was cancelled'), { name: 'AbortError' }));
+  let commitReply: ((m: Extract<ControlMessage, { type: 'commit-reply' }>) => void) | undefined;
+  port.on('message', (m: ControlMessage) => {
+    if (m.type === 'abort') ac.abort(Object.assign(new Error('the import was cancelled'), { name: 'AbortError' }));
+    else if (m.type === 'commit-reply') commitReply?.(m);
   });
+  const beforeCommit = async (): Promise<void> => {
+    const reply = await new Promise<Extract<ControlMessage, { type: 'commit-reply' }>>((resolve) => {
+      commitReply = resolve;
+      port.postMessage({ type: 'commit-request' } satisfies ThreadMessage);
+    });
+    if (!reply.ok) throw Object.assign(new Error(`not committing: ${reply.reason ?? 'superseded'}`), { name: 'AbortError' });
+  };
   let last = 0;
   let pending: PipelineProgress | undefined;
   const post = (msg: ThreadMessage) => port.postMessage(msg);
@@ -48,6 +64,7 @@ export default async function importTask({ task, port }: ThreadTaskInput): Promi
       signal: ac.signal,
       onProgress,
       log: (line) => post({ type: 'log', line }),
+      beforeCommit,
     });
     if (pending) post({ type: 'progress', progress: pending });
     return { ok: true, outcome };

@@ -13,6 +13,11 @@ export interface RunHooks {
   signal?: AbortSignal;
   onProgress?: (p: PipelineProgress) => void;
   log?: (line: string) => void;
+  /**
+   * Called right before the manifest is written; throws when this import must not commit (a newer generation
+   * or a delete took over). The manifest is what makes the image visible, so this is the last gate.
+   */
+  beforeCommit?: () => Promise<void>;
 }
 
 export async function importContainerImage(

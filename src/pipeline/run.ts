@@ -22,6 +22,7 @@ export async function runImport(task: ImportTask, ctx: PipelineContext, hooks: R
   const { stored, sourceBytes } = result;
   hooks.onProgress?.({ stage: 'Committing', bytesDone: sourceBytes, bytesTotal: sourceBytes });
   // Blobs are in; the manifest goes last so the tag only ever names a complete image.
+  await hooks.beforeCommit?.();
   const manifestDigest = await commitImage(
     ctx.dvcr,
     task.target,

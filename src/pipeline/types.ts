@@ -70,4 +70,9 @@ export interface ImportFailure {
 /** Messages on the task's MessagePort. */
 export type ThreadMessage =
   | { type: 'progress'; progress: PipelineProgress }
-  | { type: 'log'; line: string };
+  | { type: 'log'; line: string }
+  /** Asks the control plane whether this generation may still write its manifest. */
+  | { type: 'commit-request' };
+
+/** Messages from the control plane to the thread. */
+export type ControlMessage = { type: 'abort' } | { type: 'commit-reply'; ok: boolean; reason?: string };
