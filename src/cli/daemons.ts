@@ -59,8 +59,9 @@ export async function startApi(config: Config, logger: Logger): Promise<RunningA
   const server = await buildServer({ service, queue, config, logger });
   const [h, p] = splitListen(config.listen);
   await server.listen({ host: h, port: p });
-  const addr = server.addresses()[0];
-  const url = `http://${addr && addr.family === 'IPv6' ? `[${addr.address}]` : (addr?.address ?? h)}:${addr?.port ?? p}`;
+  const bound = server.server.address();
+  const addr = bound && typeof bound === 'object' ? bound : undefined;
+  const url = `http://${addr?.family === 'IPv6' ? `[${addr.address}]` : (addr?.address ?? h)}:${addr?.port ?? p}`;
   const ac = new AbortController();
   const timer = setInterval(() => {
     service.reconcile(ac.signal).catch((e: unknown) => logger.warn({ err: (e as Error).message }, 'reconcile failed'));

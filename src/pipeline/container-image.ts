@@ -44,11 +44,11 @@ export async function importContainerImage(
     const sources: LayerSource[] = layers.map((l) => ({
       digest: l.digest,
       size: l.size,
-      open: (s?: AbortSignal) => client.openBlob(ref.registry, ref.repository, l, { signal: s ?? signal }),
+      open: (s: AbortSignal) => client.openBlob(ref.registry, ref.repository, l, { signal: s }),
     }));
     const { result } = await extractContainerDisk(
       sources,
-      (entry) =>
+      (entry, entrySignal) =>
         storeDisk(
           { name: entry.name, size: entry.size, stream: entry.stream },
           {
@@ -57,7 +57,8 @@ export async function importContainerImage(
             repository: task.target.repository,
             limits: ctx.limits,
             tmpDir: ctx.tmpDir,
-            signal,
+            // Fires when the extraction fails after the disk started streaming (e.g. a second disk file below).
+            signal: entrySignal,
             log: hooks.log,
           },
         ),
