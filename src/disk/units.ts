@@ -46,9 +46,11 @@ export interface ProgressOptions {
  */
 export function formatProgress(done: number, total: number | undefined, opts: ProgressOptions = {}): string {
   if (opts.ready) return '100%';
-  if (total === undefined || !(total > 0) || !(done > 0)) return '0%';
-  const tenths = Math.min(999, Math.floor((done * 1000) / total));
-  return formatPercent(tenths / 10);
+  if (total === undefined || !(total > 0)) return '0%';
+  // While bytes move, always one decimal, as upstream's `get -w` shows: "0.0%" ... "100.0%" (all source
+  // bytes read, still pushing or probing); the bare "0%" / "100%" are the before and Ready values.
+  const tenths = Math.min(1000, Math.floor((Math.max(0, done) * 1000) / total));
+  return `${(tenths / 10).toFixed(1)}%`;
 }
 
 /** The number in a status progress string (`"28.2%"` -> 28.2); undefined when it is not one. */

@@ -69,17 +69,17 @@ describe('formatPercent and formatProgress', () => {
     expect(formatProgress(500, 1000)).toBe('50.0%');
   });
 
-  it('is 0% before anything is known', () => {
-    expect(formatProgress(0, 1000)).toBe('0%');
+  it('is 0% before the total is known, and 0.0% once bytes are counted (as upstream shows)', () => {
     expect(formatProgress(123, undefined)).toBe('0%');
     expect(formatProgress(123, 0)).toBe('0%');
-    expect(formatProgress(1, 10_000)).toBe('0%');
+    expect(formatProgress(0, 1000)).toBe('0.0%');
+    expect(formatProgress(1, 10_000)).toBe('0.0%');
   });
 
-  it('shows 100% only once Ready; all bytes read is 99.9% until then', () => {
-    expect(formatProgress(1000, 1000)).toBe('99.9%');
+  it('shows 100% only once Ready; all bytes read is 100.0% until then', () => {
+    expect(formatProgress(1000, 1000)).toBe('100.0%');
     expect(formatProgress(9999, 10000)).toBe('99.9%');
-    expect(formatProgress(2000, 1000)).toBe('99.9%');
+    expect(formatProgress(2000, 1000)).toBe('100.0%');
     expect(formatProgress(1000, 1000, { ready: true })).toBe('100%');
     expect(formatProgress(0, undefined, { ready: true })).toBe('100%');
   });
