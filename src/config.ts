@@ -68,6 +68,8 @@ export const ConfigSchema = z.object({
   listen: listen.default('127.0.0.1:8080'),
   /** Bearer token the API requires (operator role). Empty: no auth (loopback use). */
   apiToken: z.string().optional(),
+  /** Bearer token with read-only access to the API (GET only). */
+  apiReadToken: z.string().optional(),
   /** Public base URL of the API, for upload URLs shown to users. */
   publicUrl: z.string().url().optional(),
   /** Jobs a worker process runs at once. */
@@ -102,6 +104,7 @@ export const ENV: Record<keyof Config, string> = {
   pullSecretsDir: 'PULL_SECRETS_DIR',
   listen: 'LISTEN',
   apiToken: 'API_TOKEN',
+  apiReadToken: 'API_READ_TOKEN',
   publicUrl: 'PUBLIC_URL',
   workerConcurrency: 'WORKER_CONCURRENCY',
   importAttempts: 'IMPORT_ATTEMPTS',

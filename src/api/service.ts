@@ -5,11 +5,13 @@
  * whose manifest vanished into ImageLost (and back).
  */
 import type { Logger } from 'pino';
-import { ImportQueue, importJobId } from '../../queues/imports.ts';
+import type { ImportQueue} from '../../queues/imports.ts';
+import { importJobId } from '../../queues/imports.ts';
 import { imagePresent, removeImage, type DvcrTarget } from '../dvcr/image.ts';
+import type {
+  ImageStore} from '../images/index.ts';
 import {
   dvcrRepository,
-  ImageStore,
   onImageFound,
   onImageLost,
   parseImageManifest,
