@@ -124,9 +124,17 @@ export function startWorker(opts: ImportWorkerOptions): RunningImportWorker {
     }
     if (image.metadata.deletionTimestamp) return { outcome: 'cancelled' };
     if (isSpecFrozen(image.status)) return { outcome: 'superseded' };
-    const task = buildTask(image, config);
     const write = (mutate: Parameters<ImageStore['updateStatus']>[3]) =>
       store.updateStatus(ref, data.uid, data.generation, mutate);
+    let task: ImportTask;
+    try {
+      task = buildTask(image, config);
+    } catch (e) {
+      // A spec this worker cannot run: the image must say so, not sit in Pending.
+      const failure = { reason: 'UnsupportedDataSource', message: (e as Error).message, retryable: false };
+      await write((s) => onFailed(s, failure)).catch(() => undefined);
+      throw new JobFailure(failure.message, 'permanent');
+    }
 
     await write((s) => onProvisioningStarted(s, { attempt: job.attemptsMade + 1, registryURL: `${task.target.registry}/${task.target.repository}:${task.target.tag}` }));
     log.info({ source: task.source.type, attempt: job.attemptsMade + 1 }, 'import started');

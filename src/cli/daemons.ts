@@ -13,6 +13,7 @@ import { startWorker, type RunningImportWorker } from '../../workers/import-work
 import { ImageStore } from '../images/index.ts';
 import { dvcrHost, loadConfig, type Config } from '../config.ts';
 import { createDvcrClient } from '../pipeline/context.ts';
+import { runDemo } from './demo.ts';
 import { buildServer } from '../api/server.ts';
 import { ImageService } from '../api/service.ts';
 import { startRedis, startRegistry, type RedisServer, type RegistryServer } from '../stack/index.ts';
@@ -115,16 +116,8 @@ export interface UpOptions {
   out?: (line: string) => void;
   /** Resolves to stop (default: SIGINT/SIGTERM). */
   until?: Promise<unknown>;
-  /** Called once everything runs, with the API URL and the config in force (the demo uses it). */
-  onReady?: (ctx: UpContext) => Promise<void> | void;
-}
-
-export interface UpContext {
-  apiUrl: string;
-  config: Config;
-  service: ImageService;
-  registry: RegistryServer | undefined;
-  log: (line: string) => void;
+  /** Also import a demo image built on this machine (offline quick start); data size in bytes. */
+  demo?: { dataBytes: number };
 }
 
 /**
@@ -160,9 +153,32 @@ export async function runUp(opts: UpOptions = {}): Promise<void> {
     out(`  DVCR:   ${config.dvcrUrl}${registry ? `   (embedded, pid ${registry.pid}, data ${registry.dataDir})` : ''}`);
     out(`  Worker: ${config.workerConcurrency} concurrent imports`);
     out(`  Logs:   ${logFile}`);
-    out(`Press Ctrl-C to stop.`);
-    await opts.onReady?.({ apiUrl: api.url, config, service: api.service, registry, log: out });
-    await (opts.until ?? untilSignal());
+    const stop = opts.until ?? untilSignal();
+    if (opts.demo) {
+      const ac = new AbortController();
+      void stop.then(() => ac.abort());
+      const client = await createDvcrClient(config);
+      try {
+        const image = await runDemo({
+          dataBytes: opts.demo.dataBytes,
+          sourceRegistry: dvcrHost(config),
+          client,
+          service: api.service,
+          tmpDir: dataDir,
+          log: out,
+          signal: ac.signal,
+        });
+        if (image?.status.phase === 'Ready') {
+          out(`demo: ready. Try: npx dvcr-importer describe cvi demo-disk --server ${api.url}`);
+        }
+      } catch (e) {
+        if (!ac.signal.aborted) out(`demo: ${(e as Error).message}`);
+      } finally {
+        await client.close();
+      }
+    }
+    out('Press Ctrl-C to stop.');
+    await stop;
     out('stopping...');
   } finally {
     await api?.close().catch(() => undefined);

@@ -11,7 +11,12 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { commitImage } from '../dvcr/image.ts';
 import { diskLayer, layerSize } from '../dvcr/layer.ts';
+import { stringify as yamlStringify } from 'yaml';
+import type { ImageService } from '../api/service.ts';
+import type { Image } from '../images/index.ts';
 import type { RegistryClient } from '../oci/index.ts';
+import { tableHeader, tableRow } from './output/images.ts';
+import { columnWidths, formatRow } from './output/table.ts';
 
 const run = promisify(execFile);
 
@@ -72,4 +77,60 @@ export function demoManifest(image: string): Record<string, unknown> {
     metadata: { name: 'demo-disk' },
     spec: { dataSource: { type: 'ContainerImage', containerImage: { image } } },
   };
+}
+
+export interface DemoOptions {
+  /** Bytes of data in the demo disk. */
+  dataBytes: number;
+  /** Where the source image goes (`host:port`); the same client writes it. */
+  sourceRegistry: string;
+  client: RegistryClient;
+  service: ImageService;
+  tmpDir: string;
+  log: (line: string) => void;
+  /** Stops watching early (Ctrl-C). */
+  signal?: AbortSignal;
+}
+
+/** Builds and pushes the demo source, applies `demo-disk`, prints its rows until Ready or Failed. */
+export async function runDemo(opts: DemoOptions): Promise<Image | undefined> {
+  const { log, service } = opts;
+  log(`demo: building a ${Math.round(opts.dataBytes / 2 ** 20)} MiB qcow2 disk with qemu-img and pushing it as a containerDisk...`);
+  const source = await prepareDemoSource(opts.client, opts.sourceRegistry, opts.dataBytes, opts.tmpDir);
+  log(`demo: source image ${source}`);
+  // A fresh demo every run: an earlier demo-disk (Ready, so frozen) goes first.
+  if (await service.get('ClusterVirtualImage', undefined, 'demo-disk')) {
+    await service.delete('ClusterVirtualImage', undefined, 'demo-disk');
+  }
+  const manifest = demoManifest(source);
+  log('demo: applying');
+  log(
+    yamlStringify(manifest)
+      .trimEnd()
+      .split('\n')
+      .map((l) => `  ${l}`)
+      .join('\n'),
+  );
+  await service.apply(manifest);
+  log('demo: watching (like `dvcr-importer get cvi demo-disk -w`):');
+  let widths: number[] | undefined;
+  let last = '';
+  for await (const ev of service.watch('ClusterVirtualImage', { name: 'demo-disk', ...(opts.signal ? { signal: opts.signal } : {}) })) {
+    if (ev.type === 'BOOKMARK' || ev.type === 'DELETED') continue;
+    const row = tableRow(ev.object, new Date());
+    const key = `${ev.object.status.phase}|${ev.object.status.progress ?? ''}`;
+    if (key === last) continue;
+    last = key;
+    if (!widths) {
+      widths = columnWidths([tableHeader(), row, ['demo-disk', 'Provisioning', 'false', '100.0%', '999s']]);
+      log(formatRow(tableHeader(), widths).trimEnd());
+    }
+    log(formatRow(row, widths).trimEnd());
+    const phase = ev.object.status.phase;
+    if (phase === 'Ready' || phase === 'Failed') {
+      if (phase === 'Failed') log(`demo: failed: ${ev.object.status.failure?.message ?? ''}`);
+      return ev.object;
+    }
+  }
+  return undefined;
 }

@@ -23,7 +23,7 @@ export interface ClientOptions {
 }
 
 export interface Daemons {
-  runUp(opts: { listen?: string; dataDir?: string }): Promise<void>;
+  runUp(opts: { listen?: string; dataDir?: string; demo?: { dataBytes: number } }): Promise<void>;
   runWorker(): Promise<void>;
   runServe(opts: { listen?: string }): Promise<void>;
 }

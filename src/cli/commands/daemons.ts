@@ -5,6 +5,17 @@ import type { CliContext } from './context.ts';
 interface ListenOptions {
   listen?: string;
   dataDir?: string;
+  demo?: boolean;
+  demoSize?: string;
+}
+
+/** `512Mi`, `1Gi`, `200M`: bytes. */
+export function parseDemoSize(s: string): number {
+  const m = /^(\d+)(Mi|Gi|M|G)?$/.exec(s.trim());
+  if (!m) throw new Error(`--demo-size "${s}": use a size like 256Mi or 1Gi`);
+  const n = Number(m[1]) * { Mi: 2 ** 20, Gi: 2 ** 30, M: 1e6, G: 1e9, '': 2 ** 20 }[m[2] ?? '']!;
+  if (n < 2 ** 20 || n > 64 * 2 ** 30) throw new Error(`--demo-size "${s}": between 1Mi and 64Gi`);
+  return n;
 }
 
 export function daemonCommands(ctx: CliContext): Command[] {
@@ -12,11 +23,14 @@ export function daemonCommands(ctx: CliContext): Command[] {
     .description('Run everything in one process tree: the API, a worker, and (unless REDIS_URL / DVCR_URL are set) an embedded Redis and DVCR registry')
     .option('--listen <host:port>', 'API address (default LISTEN from the environment, else 127.0.0.1:8080)')
     .option('--data-dir <dir>', 'folder for the embedded Redis and DVCR data and the log (default .data)')
+    .option('--demo', 'also import a demo image: a qcow2 built here with qemu-img, pushed as a containerDisk (works offline)')
+    .option('--demo-size <size>', 'data in the demo disk', '512Mi')
     .action(async (opts: ListenOptions) => {
       const daemons = await ctx.io.loadDaemons();
-      const upOpts: { listen?: string; dataDir?: string } = {};
+      const upOpts: { listen?: string; dataDir?: string; demo?: { dataBytes: number } } = {};
       if (opts.listen !== undefined) upOpts.listen = opts.listen;
       if (opts.dataDir !== undefined) upOpts.dataDir = opts.dataDir;
+      if (opts.demo) upOpts.demo = { dataBytes: parseDemoSize(opts.demoSize ?? '512Mi') };
       await daemons.runUp(upOpts);
     });
   const worker = new Command('worker')
