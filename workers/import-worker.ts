@@ -13,6 +13,7 @@ import { dvcrHost, type Config } from '../src/config.ts';
 import {
   dvcrRepository,
   ImageStore,
+  ImportStats,
   isSpecFrozen,
   onAttemptFailed,
   onFailed,
@@ -103,6 +104,7 @@ export function startWorker(opts: ImportWorkerOptions): RunningImportWorker {
   const threads = opts.threads ?? config.workerConcurrency;
   const redis: Redis = createRedis(config.redisUrl, 'worker');
   const store = new ImageStore({ redis, prefix: `${config.redisPrefix}:images` });
+  const stats = new ImportStats(redis, store.prefix);
   const pool = new Piscina<ThreadTaskInput, ThreadTaskResult>({
     filename: new URL('./import.thread.ts', import.meta.url).href,
     execArgv: tsxImport(),
@@ -133,6 +135,7 @@ export function startWorker(opts: ImportWorkerOptions): RunningImportWorker {
       // A spec this worker cannot run: the image must say so, not sit in Pending.
       const failure = { reason: 'UnsupportedDataSource', message: (e as Error).message, retryable: false };
       await write((s) => onFailed(s, failure)).catch(() => undefined);
+      await stats.recordFailure(failure.reason).catch(() => undefined);
       throw new JobFailure(failure.message, 'permanent');
     }
 
@@ -229,6 +232,7 @@ export function startWorker(opts: ImportWorkerOptions): RunningImportWorker {
         if (e instanceof StaleWriteError) return { outcome: 'superseded', manifestDigest: o.manifestDigest };
         throw e;
       }
+      await stats.recordSuccess(o.storedBytes, o.durationMs / 1000).catch(() => undefined);
       log.info({ format: o.format, storedBytes: o.storedBytes, durationMs: o.durationMs, digest: o.manifestDigest }, 'import ready');
       return { outcome: 'imported', manifestDigest: o.manifestDigest };
     }
@@ -246,6 +250,7 @@ export function startWorker(opts: ImportWorkerOptions): RunningImportWorker {
       } catch (e) {
         if (!(e instanceof StaleWriteError)) throw e;
       }
+      if (final) await stats.recordFailure(f.reason).catch(() => undefined);
       log.warn({ reason: f.reason, class: f.errorClass, final }, f.message);
       throw new JobFailure(f.message, f.errorClass, f.retryAfterMs);
     }

@@ -13,7 +13,7 @@
  * This module imports nothing from fastify or bullmq, so a worker process can use it on its own.
  */
 import type { JobCounts } from '../../queues/imports.ts';
-import { IMAGE_KINDS, IMAGE_PHASES, type Image, type ImageKind } from '../images/index.ts';
+import { IMAGE_KINDS, IMAGE_PHASES, type Image, type ImageKind, type StatsSnapshot } from '../images/index.ts';
 
 export const CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8';
 
@@ -163,6 +163,19 @@ export class Histogram implements Collector {
     };
   }
 
+  /** Replaces the state with a snapshot (cumulative bucket counts), e.g. one read from shared storage. */
+  load(snap: { buckets: ReadonlyArray<readonly [number, number]>; sum: number; count: number }): void {
+    let prev = 0;
+    this.counts.fill(0);
+    for (const [bound, cumulative] of snap.buckets) {
+      const i = this.buckets.indexOf(bound);
+      if (i >= 0) this.counts[i] = cumulative - prev;
+      prev = cumulative;
+    }
+    this.sum = snap.sum;
+    this.count = snap.count;
+  }
+
   snapshot(): { buckets: Array<[number, number]>; sum: number; count: number } {
     let acc = 0;
     return {
@@ -206,8 +219,17 @@ export class ImporterMetrics {
   }
 }
 
-/** The process-wide registry: the API's /metrics renders it; a worker in the same process records into it. */
+/** The process-wide registry: the API's /metrics renders it when no shared statistics are configured. */
 export const metrics = new ImporterMetrics();
+
+/** The importer series from the pool-wide statistics that every worker records in Redis. */
+export function importerMetricsFrom(snap: StatsSnapshot): ImporterMetrics {
+  const m = new ImporterMetrics();
+  m.bytesImported.inc(snap.bytesImported);
+  for (const [reason, n] of Object.entries(snap.failures)) m.importFailures.inc({ reason }, n);
+  m.importDuration.load(snap.duration);
+  return m;
+}
 
 export const JOB_STATES = ['waiting', 'active', 'delayed', 'completed', 'failed'] as const;
 
@@ -215,6 +237,8 @@ export interface MetricsSources {
   queue: { counts(): Promise<JobCounts> };
   store: { list(kind: ImageKind): Promise<Image[]> };
   registry?: ImporterMetrics;
+  /** Pool-wide statistics (Redis); when set they are rendered instead of `registry`. */
+  stats?: { snapshot(): Promise<StatsSnapshot> };
 }
 
 /**
@@ -223,7 +247,11 @@ export interface MetricsSources {
  * still answers and says what is missing.
  */
 export async function collectMetrics(src: MetricsSources): Promise<string> {
-  const [jobs, images] = await Promise.allSettled([src.queue.counts(), countImages(src.store)]);
+  const [jobs, images, stats] = await Promise.allSettled([
+    src.queue.counts(),
+    countImages(src.store),
+    src.stats ? src.stats.snapshot() : Promise.resolve(undefined),
+  ]);
   let out = '';
   if (jobs.status === 'fulfilled') {
     const c = jobs.value;
@@ -255,8 +283,13 @@ export async function collectMetrics(src: MetricsSources): Promise<string> {
   out += renderFamily('dvcr_importer_collector_up', 'Whether the last scrape could read this source (1) or not (0).', 'gauge', [
     { labels: { collector: 'jobs' }, value: jobs.status === 'fulfilled' ? 1 : 0 },
     { labels: { collector: 'images' }, value: images.status === 'fulfilled' ? 1 : 0 },
+    ...(src.stats ? [{ labels: { collector: 'stats' }, value: stats.status === 'fulfilled' ? 1 : 0 }] : []),
   ]);
-  out += (src.registry ?? metrics).render();
+  if (src.stats) {
+    if (stats.status === 'fulfilled' && stats.value) out += importerMetricsFrom(stats.value).render();
+  } else {
+    out += (src.registry ?? metrics).render();
+  }
   return out;
 }
 

@@ -16,7 +16,7 @@ import type { Logger } from 'pino';
 import type { ImportQueue } from '../../queues/imports.ts';
 import type { Config } from '../config.ts';
 import { authHook, tokenVerifier } from './auth.ts';
-import { metrics as processMetrics, type ImporterMetrics } from './metrics.ts';
+import { metrics as processMetrics, type ImporterMetrics, type MetricsSources } from './metrics.ts';
 import { RouteCollector } from './openapi.ts';
 import { errorReply } from './routes-errors.ts';
 import { registerImageRoutes } from './routes-images.ts';
@@ -54,6 +54,8 @@ export interface BuildServerOptions {
   apiReadToken?: string | undefined;
   /** Recorded series rendered by /metrics; default the process-wide `metrics` of metrics.ts. */
   metrics?: ImporterMetrics;
+  /** Pool-wide import statistics (Redis), rendered instead of `metrics` when given. */
+  stats?: MetricsSources['stats'];
   /** Heartbeat period of watches. Default 15 s. */
   heartbeatMs?: number;
   /** Largest request body. Default 1 MiB. */
@@ -110,7 +112,12 @@ export function buildServer(opts: BuildServerOptions): FastifyInstance {
   registerImageRoutes(app, { service, heartbeatMs: opts.heartbeatMs ?? DEFAULT_HEARTBEAT_MS, watches });
   registerOpsRoutes(app, {
     checks,
-    metricsSources: { queue, store: service.store, registry: opts.metrics ?? processMetrics },
+    metricsSources: {
+      queue,
+      store: service.store,
+      registry: opts.metrics ?? processMetrics,
+      ...(opts.stats ? { stats: opts.stats } : {}),
+    },
     collector,
     auth: verifier !== undefined,
   });

@@ -10,7 +10,7 @@ import { pino, type Logger } from 'pino';
 import { ImportQueue } from '../../queues/imports.ts';
 import { createRedis } from '../../queues/connection.ts';
 import { startWorker, type RunningImportWorker } from '../../workers/import-worker.ts';
-import { ImageStore } from '../images/index.ts';
+import { ImageStore, ImportStats } from '../images/index.ts';
 import { dvcrHost, loadConfig, type Config } from '../config.ts';
 import { createDvcrClient } from '../pipeline/context.ts';
 import { runDemo } from './demo.ts';
@@ -57,7 +57,8 @@ export async function startApi(config: Config, logger: Logger): Promise<RunningA
   const host = dvcrHost(config);
   const dvcr = await createDvcrClient(config);
   const service = new ImageService({ store, queue, dvcr, dvcrHost: host, logger });
-  const server = await buildServer({ service, queue, config, logger });
+  const stats = new ImportStats(redis, store.prefix);
+  const server = await buildServer({ service, queue, config, logger, redis, stats });
   const [h, p] = splitListen(config.listen);
   await server.listen({ host: h, port: p });
   const bound = server.server.address();

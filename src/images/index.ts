@@ -4,3 +4,4 @@ export * from './repo.ts';
 export * from './schema.ts';
 export * from './status.ts';
 export * from './store.ts';
+export * from './stats.ts';

@@ -14,6 +14,7 @@ import { ImportQueue } from '../../queues/imports.ts';
 import { createRedis } from '../../queues/connection.ts';
 import { startWorker, type RunningImportWorker } from '../../workers/import-worker.ts';
 import type { RegistryClient } from '../../src/oci/index.ts';
+import type { Redis } from 'ioredis';
 
 export interface ImportStack {
   config: Config;
@@ -21,6 +22,8 @@ export interface ImportStack {
   store: ImageStore;
   queue: ImportQueue;
   dvcr: RegistryClient;
+  /** The producer connection the store uses. */
+  redis: Redis;
   registryHostPort: string;
   startWorker(opts?: { threads?: number }): RunningImportWorker;
   /** Waits until the image reaches one of `phases`; returns it. Fails with the last status on timeout. */
@@ -54,6 +57,7 @@ export async function startImportStack(overrides: Partial<Record<keyof Config, u
     store,
     queue,
     dvcr,
+    redis,
     registryHostPort,
     startWorker(opts = {}) {
       const w = startWorker({ config, logger, ...opts });

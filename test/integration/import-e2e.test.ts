@@ -7,6 +7,8 @@ import { join } from 'node:path';
 import { buildImageLayout, makeIso, type LayerSpec } from '../helpers/fixtures.ts';
 import { skopeoCopy, skopeoInspectConfig, skopeoInspectRaw } from '../helpers/skopeo.ts';
 import { startImportStack, type ImportStack } from '../helpers/import-stack.ts';
+import { ImportStats } from '../../src/images/index.ts';
+import { importerMetricsFrom } from '../../src/api/metrics.ts';
 
 /** A qcow2 with real data: a raw file with random blocks converted by qemu-img. */
 function makeDataDisk(dir: string, name: string, format: 'qcow2' | 'raw', mib: number): string {
@@ -138,5 +140,17 @@ describe('import a container image into DVCR, end to end', () => {
     expect(img.status.attempts).toBe(1);
     const tags = await stack.dvcr.listTags(host, 'cvi/no-disk');
     expect(tags).not.toContain(object.metadata.uid);
+  });
+
+  it('records pool-wide statistics in Redis that /metrics renders', async () => {
+    const snap = await new ImportStats(stack.redis, stack.store.prefix).snapshot();
+    expect(snap.importsSucceeded).toBe(4);
+    expect(snap.bytesImported).toBeGreaterThan(8 * 1024 * 1024); // the raw disk alone is 8 MiB
+    expect(snap.failures).toEqual({ NoDiskFile: 1 });
+    expect(snap.duration.count).toBe(4);
+    const text = importerMetricsFrom(snap).render();
+    expect(text).toMatch(/^dvcr_importer_import_failures_total\{reason="NoDiskFile"\} 1$/m);
+    expect(text).toMatch(/^dvcr_importer_import_duration_seconds_count 4$/m);
+    expect(text).toMatch(/^dvcr_importer_import_duration_seconds_bucket\{le="\+Inf"\} 4$/m);
   });
 });
