@@ -96,6 +96,20 @@ export function buildTask(image: Image, config: Config): ImportTask {
       },
     };
   }
+  if (ds.type === 'HTTP' && ds.http) {
+    const h = ds.http;
+    const checksums = h.checksum ? Object.fromEntries(Object.entries(h.checksum).filter(([, v]) => typeof v === 'string')) : undefined;
+    return {
+      imageRef,
+      target,
+      source: {
+        type: 'HTTP',
+        url: h.url,
+        ...(h.caBundle ? { caBundle: h.caBundle } : {}),
+        ...(checksums && Object.keys(checksums).length ? { checksums } : {}),
+      },
+    };
+  }
   throw new JobFailure(`data source type ${ds.type} is not supported by this worker yet`, 'permanent');
 }
 

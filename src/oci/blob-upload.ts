@@ -80,7 +80,11 @@ export async function uploadBlob(
   const replayable = typeof source === 'function';
   // A one-shot source can be retried until its first byte is read (a failed POST leaves it untouched).
   let consumed = false;
-  return withRetry(
+  // An error of the source itself (e.g. a checksum mismatch from the stream feeding us) is the caller's to
+  // classify, not a network failure of the upload: it is passed on unchanged and never retried here.
+  let sourceError: { error: unknown } | undefined;
+  try {
+    return await withRetry(
     `push blob to ${base}`,
     async () => {
       let location: string | undefined;
@@ -119,10 +123,23 @@ export async function uploadBlob(
       const onBytes = opts.onBytes;
       async function* hashed(): AsyncGenerator<Uint8Array> {
         consumed = true;
-        for await (const chunk of input) {
-          counter.update(chunk as Uint8Array);
-          onBytes?.(counter.bytes);
-          yield chunk as Uint8Array;
+        const it = (input as AsyncIterable<Uint8Array>)[Symbol.asyncIterator]();
+        try {
+          for (;;) {
+            let next: IteratorResult<Uint8Array>;
+            try {
+              next = await it.next();
+            } catch (e) {
+              sourceError = { error: e };
+              throw e;
+            }
+            if (next.done) return;
+            counter.update(next.value);
+            onBytes?.(counter.bytes);
+            yield next.value;
+          }
+        } finally {
+          await it.return?.();
         }
       }
       const headers: Record<string, string> = { 'content-type': 'application/octet-stream' };
@@ -166,6 +183,7 @@ export async function uploadBlob(
       signal,
       // After that, a retryable failure ends the push at once (still transient: the job can start over).
       onRetry: (e) => {
+        if (sourceError) throw sourceError.error;
         if (consumed && !replayable) {
           throw new OciError(`push blob to ${base}: the upload was interrupted and the bytes cannot be read again: ${e.message}`, {
             errorClass: 'transient',
@@ -177,4 +195,8 @@ export async function uploadBlob(
       },
     },
   );
+  } catch (e) {
+    if (sourceError) throw sourceError.error;
+    throw e;
+  }
 }

@@ -27,6 +27,10 @@ export interface PipelineContext {
   sourceClient(opts: { pullSecret?: { name: string; namespace?: string }; caBundle?: string; registry: string }): Promise<RegistryClient>;
   limits: PipelineLimits;
   tmpDir: string;
+  /** `host:port` entries reachable without TLS verification (sources and DVCR alike). */
+  insecureRegistries: string[];
+  /** A download that receives nothing for this long fails. */
+  idleTimeoutMs: number;
   close(): Promise<void>;
 }
 
@@ -103,6 +107,8 @@ export async function createPipelineContext(config: Config): Promise<PipelineCon
       });
     },
     limits: { maxVirtualSize: config.maxVirtualSize, probeSampleBytes: config.probeSampleSize },
+    insecureRegistries,
+    idleTimeoutMs: config.idleTimeout,
     tmpDir: process.env.DVCR_IMPORTER_TMPDIR ?? tmpdir(),
     close: () => dvcr.close(),
   };

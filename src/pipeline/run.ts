@@ -2,6 +2,7 @@
 import { commitImage, formatTarget } from '../dvcr/image.ts';
 import type { PipelineContext } from './context.ts';
 import { importContainerImage, type RunHooks } from './container-image.ts';
+import { importHttp } from './http.ts';
 import type { ImportOutcome, ImportTask } from './types.ts';
 
 export type { RunHooks } from './container-image.ts';
@@ -14,9 +15,12 @@ export async function runImport(task: ImportTask, ctx: PipelineContext, hooks: R
     case 'ContainerImage':
       result = await importContainerImage({ ...task, source }, ctx, hooks);
       break;
+    case 'HTTP':
+      result = await importHttp({ ...task, source }, ctx, hooks);
+      break;
     default: {
-      const never: never = source.type;
-      throw new Error(`unsupported source type ${String(never)}`);
+      const never: never = source;
+      throw new Error(`unsupported source ${JSON.stringify(never)}`);
     }
   }
   const { stored, sourceBytes } = result;

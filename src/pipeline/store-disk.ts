@@ -5,9 +5,10 @@
  *              -> tee: sha256 of the disk file | probe sample (bounded scratch file) | DVCR layer tar upload
  *              -> qemu-img info -f <format> on the sample -> facts for the config labels and the status
  *
- * When the disk file is compressed its unwrapped length is not known before the end, but the layer's tar
- * header needs it first: the unwrapped bytes then go through one scratch file that is always removed (the only
- * case where a whole disk touches local storage). An uncompressed disk streams straight through.
+ * When the disk file is compressed (or comes without a length, e.g. HTTP without Content-Length) its length is
+ * not known before the end, but the layer's tar header needs it first: the unwrapped bytes then go through one
+ * scratch file that is always removed (the only case where a whole disk touches local storage). An
+ * uncompressed disk of known length streams straight through.
  */
 import { once } from 'node:events';
 import { createReadStream, createWriteStream } from 'node:fs';
@@ -86,14 +87,18 @@ export async function storeDisk(input: DiskInput, opts: StoreDiskOptions): Promi
   let removeScratch: (() => Promise<void>) | undefined;
   const fileName = unwrappedName(input.name, unwrapped.compression.length);
   try {
-    if (unwrapped.compression.length > 0) {
-      opts.log?.(`disk file ${input.name} is ${unwrapped.compression.join(' in ')}-compressed: unwrapping`);
+    if (unwrapped.compression.length > 0 || size === undefined) {
+      // The layer's tar header needs the length first: unknown (no Content-Length, or compressed) means one
+      // pass into a scratch file.
+      if (unwrapped.compression.length > 0) {
+        opts.log?.(`disk file ${input.name} is ${unwrapped.compression.join(' in ')}-compressed: unwrapping`);
+      }
       const s = await spool(disk, opts.tmpDir, signal);
       removeScratch = s.remove;
       size = s.size;
       disk = createReadStream(s.path, { highWaterMark: 1 << 20 });
     }
-    if (size === undefined) throw new Error('storeDisk: the disk size must be known');
+    if (size === undefined) throw new Error('storeDisk: unreachable: size unknown after spooling');
     if (size === 0) {
       throw new DiskError(`the disk file ${fileName} is empty (0 bytes)`, { reason: 'NotADiskImage', permanent: true });
     }

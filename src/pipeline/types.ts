@@ -16,6 +16,14 @@ export type ImportSource =
       pullSecret?: { name: string; namespace?: string };
       /** PEM CA bundle for the source registry (not a secret). */
       caBundle?: string;
+    }
+  | {
+      type: 'HTTP';
+      url: string;
+      /** Base64 of PEM certificates to trust for this URL. */
+      caBundle?: string;
+      /** Hex digests over the bytes as delivered; every one given must match. */
+      checksums?: Partial<Record<'md5' | 'sha1' | 'sha256' | 'sha512', string>>;
     };
 
 export interface ImportTask {

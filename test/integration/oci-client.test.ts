@@ -70,6 +70,19 @@ describe('OCI client against distribution 2.8 (no auth)', () => {
     });
   });
 
+  it('passes an error of the source stream on unchanged, without retrying the upload', async () => {
+    class SourceBroke extends Error {}
+    let opened = 0;
+    async function* broken(): AsyncGenerator<Buffer> {
+      opened++;
+      yield randomBytes(1000);
+      throw new SourceBroke('checksum mismatch upstream');
+    }
+    const err = await client.uploadBlob(host, 'test/source-error', () => broken()).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(SourceBroke);
+    expect(opened).toBe(1);
+  });
+
   it('answers a missing tag with a permanent, readable error', async () => {
     const err = await client.getManifest(parseReference(`${host}/test/nothing:here`)).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(OciError);
