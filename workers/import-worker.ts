@@ -123,7 +123,8 @@ export function startWorker(opts: ImportWorkerOptions): RunningImportWorker {
     filename: new URL('./import.thread.ts', import.meta.url).href,
     execArgv: tsxImport(),
     workerData: { config },
-    minThreads: 0,
+    // Threads stay warm: starting one (and loading the TypeScript) costs about a second.
+    minThreads: threads,
     maxThreads: threads,
     idleTimeout: 60_000,
     concurrentTasksPerWorker: 1,

@@ -1,0 +1,430 @@
+/**
+ * `npm run bench`: our importer against what users would otherwise run, measured in the same run on the same
+ * machine, reported as ratios. Builds its own fixtures (cached in bench/work/), starts its own Redis and two
+ * registries (source and DVCR) on loopback, and writes bench/results.md.
+ *
+ *   BENCH_SIZE=1Gi       size of the large disk (data in the qcow2)
+ *   BENCH_SMALL=500      number of 1 MiB images in the many-small scenario
+ *   BENCH_MEMORY_SIZES=1Gi,4Gi   sizes for the memory scenario (10Gi takes about 4 minutes here)
+ *   BENCH_ONLY=registry,http,memory,small,scaling   scenarios to run
+ */
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { createReadStream, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { cpus, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { createServer } from 'node:http';
+import { pino } from 'pino';
+import { loadConfig, type Config } from '../src/config.ts';
+import { ImageStore, type Image } from '../src/images/index.ts';
+import { ImageService } from '../src/api/service.ts';
+import { createDvcrClient } from '../src/pipeline/context.ts';
+import { ImportQueue } from '../queues/imports.ts';
+import { createRedis } from '../queues/connection.ts';
+import { startRedis, startRegistry, type RedisServer, type RegistryServer } from '../src/stack/index.ts';
+import { buildImageLayout } from '../test/helpers/fixtures.ts';
+
+const run = promisify(execFile);
+const ROOT = new URL('..', import.meta.url).pathname;
+const WORK = join(ROOT, 'bench', 'work');
+const BIN = join(ROOT, 'bin', 'dvcr-importer.js');
+
+function parseSize(s: string): number {
+  const m = /^(\d+(?:\.\d+)?)(Mi|Gi)$/.exec(s.trim());
+  if (!m) throw new Error(`size "${s}": use e.g. 512Mi or 1Gi`);
+  return Math.round(Number(m[1]) * (m[2] === 'Gi' ? 2 ** 30 : 2 ** 20));
+}
+const env = process.env;
+const SIZE = parseSize(env.BENCH_SIZE ?? '1Gi');
+const SMALL = Number(env.BENCH_SMALL ?? 500);
+const MEMORY_SIZES = (env.BENCH_MEMORY_SIZES ?? '1Gi,4Gi').split(',').map(parseSize);
+const ONLY = new Set((env.BENCH_ONLY ?? 'registry,http,memory,small,scaling').split(','));
+const human = (n: number) => (n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(1)} GiB` : `${Math.round(n / 2 ** 20)} MiB`);
+const secs = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+
+interface Row {
+  scenario: string;
+  ours: string;
+  peer: string;
+  ratio: string;
+  target: string;
+  met: boolean | undefined;
+  note?: string;
+}
+const rows: Row[] = [];
+
+/** A disk of realistic content: a third random (compressed code and data), a third text-like, a third zeros. */
+async function realisticRaw(path: string, bytes: number): Promise<void> {
+  const fh = await open(path, 'w');
+  const block = 1 << 20;
+  const lines = Array.from({ length: 20_000 }, (_, i) => `line ${i}: the quick brown fox jumps over the lazy dog ${i * 7919}\n`);
+  const text = Buffer.from(lines.join('')).subarray(0, block);
+  try {
+    for (let off = 0, i = 0; off < bytes; off += block, i++) {
+      const kind = i % 3;
+      if (kind === 0) await fh.write(randomBytes(block), 0, block, off);
+      else if (kind === 1) await fh.write(text, 0, block, off);
+    }
+    await fh.truncate(bytes);
+  } finally {
+    await fh.close();
+  }
+}
+
+async function qcow2Fixture(bytes: number): Promise<string> {
+  const out = join(WORK, `disk-${bytes}.qcow2`);
+  if (existsSync(out)) return out;
+  const raw = join(WORK, `disk-${bytes}.raw`);
+  await realisticRaw(raw, bytes);
+  await run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, out]);
+  rmSync(raw);
+  return out;
+}
+
+async function layoutFixture(disk: string, compression: 'gzip' | 'none'): Promise<string> {
+  const dir = `${disk}.${compression}.layout`;
+  if (existsSync(join(dir, 'index.json'))) return `oci:${dir}:latest`;
+  rmSync(dir, { recursive: true, force: true });
+  const l = await buildImageLayout(dir, { layers: [{ files: [{ path: 'disk/disk.qcow2', fromFile: disk, uid: 107, gid: 107 }], compression }] });
+  return l.ref;
+}
+
+async function timed<T>(fn: () => Promise<T>): Promise<{ ms: number; value: T }> {
+  const t = performance.now();
+  const value = await fn();
+  return { ms: performance.now() - t, value };
+}
+
+async function skopeo(args: string[]): Promise<void> {
+  await run('skopeo', ['--insecure-policy', ...args], { maxBuffer: 1 << 24 });
+}
+
+interface Stack {
+  redis: RedisServer;
+  source: RegistryServer;
+  dvcr: RegistryServer;
+  config: Config;
+  service: ImageService;
+  store: ImageStore;
+  close(): Promise<void>;
+}
+
+async function startStack(): Promise<Stack> {
+  const base = join(WORK, 'stack');
+  rmSync(base, { recursive: true, force: true });
+  const [redis, source, dvcr] = await Promise.all([
+    startRedis({ dataDir: join(base, 'redis') }),
+    startRegistry({ dataDir: join(base, 'source') }),
+    startRegistry({ dataDir: join(base, 'dvcr') }),
+  ]);
+  const config = loadConfig({}, {
+    redisUrl: redis.url,
+    redisPrefix: '{bench}',
+    dvcrUrl: dvcr.url,
+    insecureRegistries: `${source.hostPort},${dvcr.hostPort}`,
+    sourceAllowCidrs: '127.0.0.0/8,::1/128',
+    logLevel: 'warn',
+  });
+  const conn = createRedis(config.redisUrl, 'producer', { enableOfflineQueue: true });
+  const store = new ImageStore({ redis: conn, prefix: `${config.redisPrefix}:images` });
+  const queue = new ImportQueue({ redisUrl: config.redisUrl, prefix: config.redisPrefix, attempts: 2 });
+  const dvcrClient = await createDvcrClient(config);
+  const service = new ImageService({ store, queue, dvcr: dvcrClient, dvcrHost: dvcr.hostPort, logger: pino({ level: 'warn' }) });
+  return {
+    redis,
+    source,
+    dvcr,
+    config,
+    service,
+    store,
+    async close() {
+      await queue.close();
+      await dvcrClient.close();
+      await conn.quit();
+      await Promise.all([redis.stop(), source.stop(), dvcr.stop()]);
+    },
+  };
+}
+
+/** A worker process (as deployed), with its peak RSS read from /proc when it exits. */
+function workerProcess(stack: Stack, concurrency: number): { child: ChildProcess; peakRss(): number } {
+  const c = stack.config;
+  const child = spawn(process.execPath, [BIN, 'worker'], {
+    env: {
+      ...env,
+      REDIS_URL: c.redisUrl,
+      REDIS_PREFIX: c.redisPrefix,
+      DVCR_URL: c.dvcrUrl,
+      INSECURE_REGISTRIES: c.insecureRegistries.join(','),
+      SOURCE_ALLOW_CIDRS: '127.0.0.0/8,::1/128',
+      WORKER_CONCURRENCY: String(concurrency),
+      LOG_LEVEL: 'warn',
+    },
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  let peak = 0;
+  const timer = setInterval(() => {
+    try {
+      const status = readFileSync(`/proc/${child.pid}/status`, 'utf8');
+      const hwm = /VmHWM:\s+(\d+) kB/.exec(status);
+      if (hwm) peak = Math.max(peak, Number(hwm[1]) * 1024);
+    } catch {
+      /* exited */
+    }
+  }, 200);
+  child.once('exit', () => clearInterval(timer));
+  return { child, peakRss: () => peak };
+}
+
+async function stopWorker(w: { child: ChildProcess }): Promise<void> {
+  if (w.child.exitCode !== null) return;
+  w.child.kill('SIGTERM');
+  await new Promise((r) => w.child.once('exit', r));
+}
+
+function cvi(name: string, dataSource: Record<string, unknown>) {
+  return { apiVersion: 'virtualization.deckhouse.io/v1alpha2', kind: 'ClusterVirtualImage', metadata: { name }, spec: { dataSource } };
+}
+
+/** Applies the images and waits until every one is Ready (fails on Failed). */
+async function importAll(stack: Stack, manifests: Array<ReturnType<typeof cvi>>): Promise<Image[]> {
+  const names = new Set(manifests.map((m) => m.metadata.name));
+  const done = new Map<string, Image>();
+  const ac = new AbortController();
+  const watching = (async () => {
+    for await (const ev of stack.store.watch('ClusterVirtualImage', { signal: ac.signal, blockMs: 1000 })) {
+      if (ev.type === 'BOOKMARK' || !names.has(ev.object.metadata.name)) continue;
+      const phase = ev.object.status.phase;
+      if (phase === 'Failed') throw new Error(`${ev.object.metadata.name} failed: ${ev.object.status.failure?.message}`);
+      if (phase === 'Ready') done.set(ev.object.metadata.name, ev.object);
+      if (done.size === names.size) return;
+    }
+  })();
+  for (const m of manifests) await stack.service.apply(m);
+  try {
+    await watching;
+  } finally {
+    ac.abort();
+  }
+  return [...done.values()];
+}
+
+let seq = 0;
+const uniq = (p: string) => `${p}-${++seq}`;
+
+let warmSource: string | undefined;
+/**
+ * Starts worker processes and waits until each has run one tiny import, so process start, TypeScript loading and
+ * thread start-up are not counted as import time (a deployed worker is long-running).
+ */
+async function warmWorkers(stack: Stack, count: number, concurrency: number): Promise<Array<ReturnType<typeof workerProcess>>> {
+  if (!warmSource) {
+    const dir = join(WORK, 'warm');
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, 'warm.img'), randomBytes(64 * 1024));
+    const layout = await layoutFixture(join(dir, 'warm.img'), 'none');
+    warmSource = `${stack.source.hostPort}/bench/warm:v1`;
+    await skopeo(['copy', '--dest-tls-verify=false', layout, `docker://${warmSource}`]);
+  }
+  const workers = Array.from({ length: count }, () => workerProcess(stack, concurrency));
+  // Enough warm-up imports that every thread of every worker is likely to have run one.
+  await importAll(stack, Array.from({ length: count * concurrency }, () => cvi(uniq('warm'), { type: 'ContainerImage', containerImage: { image: warmSource } })));
+  return workers;
+}
+
+async function registryScenario(stack: Stack): Promise<void> {
+  const disk = await qcow2Fixture(SIZE);
+  const layout = await layoutFixture(disk, 'gzip');
+  await skopeo(['copy', '--dest-tls-verify=false', layout, `docker://${stack.source.hostPort}/bench/disk:gzip`]);
+  const src = `${stack.source.hostPort}/bench/disk:gzip`;
+  // Peer: skopeo copying the same image between the same two registries (it moves blobs, does no more).
+  const peer = await timed(() => skopeo(['copy', '--src-tls-verify=false', '--dest-tls-verify=false', `docker://${src}`, `docker://${stack.dvcr.hostPort}/peer/disk:${seq++}`]));
+  const [w] = await warmWorkers(stack, 1, 1);
+  try {
+    const ours = await timed(() => importAll(stack, [cvi(uniq('reg'), { type: 'ContainerImage', containerImage: { image: src } })]));
+    const ratio = ours.ms / peer.ms;
+    rows.push({
+      scenario: `Registry -> DVCR, ${human(statSync(disk).size)} qcow2 in a gzip layer`,
+      ours: secs(ours.ms),
+      peer: `skopeo copy ${secs(peer.ms)}`,
+      ratio: `${ratio.toFixed(2)}x`,
+      target: '<= 1.5x',
+      met: ratio <= 1.5,
+      note: 'ours also gunzips, extracts /disk/, hashes, probes with qemu-img and writes an uncompressed layer',
+    });
+  } finally {
+    await stopWorker(w!);
+  }
+}
+
+async function httpScenario(stack: Stack): Promise<void> {
+  const disk = await qcow2Fixture(SIZE);
+  const size = statSync(disk).size;
+  const server = createServer((req, res) => {
+    res.writeHead(200, { 'content-length': String(size), 'content-type': 'application/octet-stream' });
+    createReadStream(disk, { highWaterMark: 1 << 20 }).pipe(res);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${(server.address() as { port: number }).port}/disk.qcow2`;
+  const layout = await layoutFixture(disk, 'none');
+  const download = join(WORK, 'download.qcow2');
+  try {
+    const curl = await timed(() => run('curl', ['-sS', '--fail', '-o', download, url]));
+    const push = await timed(() => skopeo(['copy', '--dest-tls-verify=false', layout, `docker://${stack.dvcr.hostPort}/peer/http:${seq++}`]));
+    rmSync(download, { force: true });
+    const [w] = await warmWorkers(stack, 1, 1);
+    try {
+      const ours = await timed(() => importAll(stack, [cvi(uniq('http'), { type: 'HTTP', http: { url } })]));
+      const peerMs = curl.ms + push.ms;
+      const ratio = ours.ms / peerMs;
+      rows.push({
+        scenario: `HTTP -> DVCR, ${human(size)} qcow2`,
+        ours: secs(ours.ms),
+        peer: `curl ${secs(curl.ms)} + skopeo push ${secs(push.ms)}`,
+        ratio: `${ratio.toFixed(2)}x`,
+        target: '<= 0.8x',
+        met: ratio <= 0.8,
+      });
+    } finally {
+      await stopWorker(w!);
+    }
+  } finally {
+    server.close();
+  }
+}
+
+async function memoryScenario(stack: Stack): Promise<void> {
+  const peaks: Array<[number, number]> = [];
+  for (const bytes of MEMORY_SIZES) {
+    const disk = await qcow2Fixture(bytes);
+    const layout = await layoutFixture(disk, 'gzip');
+    const tag = `mem-${bytes}`;
+    await skopeo(['copy', '--dest-tls-verify=false', layout, `docker://${stack.source.hostPort}/bench/disk:${tag}`]);
+    const w = workerProcess(stack, 1);
+    try {
+      await importAll(stack, [cvi(uniq('mem'), { type: 'ContainerImage', containerImage: { image: `${stack.source.hostPort}/bench/disk:${tag}` } })]);
+      peaks.push([bytes, w.peakRss()]);
+    } finally {
+      await stopWorker(w);
+    }
+  }
+  const max = Math.max(...peaks.map(([, p]) => p));
+  const growth = peaks.length > 1 ? peaks.at(-1)![1] - peaks[0]![1] : 0;
+  rows.push({
+    scenario: `Memory: worker peak RSS importing ${peaks.map(([b]) => human(b)).join(' / ')}`,
+    ours: peaks.map(([, p]) => human(p)).join(' / '),
+    peer: '-',
+    ratio: '-',
+    target: '<= 256 MiB, no growth with size',
+    met: max <= 256 * 2 ** 20 && growth <= 32 * 2 ** 20,
+    note: `growth ${human(Math.max(0, growth))}`,
+  });
+}
+
+async function smallScenario(stack: Stack): Promise<void> {
+  const dir = join(WORK, 'small');
+  mkdirSync(dir, { recursive: true });
+  const file = join(dir, 'small.img');
+  writeFileSync(file, randomBytes(1 << 20));
+  const layout = await layoutFixture(file, 'gzip');
+  const refs: string[] = [];
+  for (let i = 0; i < SMALL; i++) refs.push(`${stack.source.hostPort}/small/img${i}:v1`);
+  // Distinct repositories, same blobs: pushing once per repository is setup, not measured.
+  await Promise.all(
+    Array.from({ length: 8 }, async (_, k) => {
+      for (let i = k; i < SMALL; i += 8) await skopeo(['copy', '--dest-tls-verify=false', layout, `docker://${refs[i]}`]);
+    }),
+  );
+  const peer = await timed(() =>
+    Promise.all(
+      Array.from({ length: 8 }, async (_, k) => {
+        for (let i = k; i < SMALL; i += 8) {
+          await skopeo(['copy', '--src-tls-verify=false', '--dest-tls-verify=false', `docker://${refs[i]}`, `docker://${stack.dvcr.hostPort}/peer/small${i}:v1`]);
+        }
+      }),
+    ),
+  );
+  const workers = await warmWorkers(stack, 2, 4);
+  try {
+    const ours = await timed(() => importAll(stack, refs.map((r, i) => cvi(`small-${i}`, { type: 'ContainerImage', containerImage: { image: r } }))));
+    const ourRate = SMALL / (ours.ms / 1000);
+    const peerRate = SMALL / (peer.ms / 1000);
+    const ratio = ourRate / peerRate;
+    rows.push({
+      scenario: `${SMALL} imports of 1 MiB images (2 worker processes x 4)`,
+      ours: `${ourRate.toFixed(1)} images/s`,
+      peer: `skopeo x8 ${peerRate.toFixed(1)} images/s`,
+      ratio: `${ratio.toFixed(2)}x`,
+      target: '>= 3x',
+      met: ratio >= 3,
+    });
+  } finally {
+    await Promise.all(workers.map(stopWorker));
+  }
+}
+
+async function scalingScenario(stack: Stack): Promise<void> {
+  const disk = await qcow2Fixture(SIZE);
+  const layout = await layoutFixture(disk, 'gzip');
+  const src = `${stack.source.hostPort}/bench/disk:scaling`;
+  await skopeo(['copy', '--dest-tls-verify=false', layout, `docker://${src}`]);
+  const parts: string[] = [];
+  for (const n of [1, 2, 4]) {
+    const [w] = await warmWorkers(stack, 1, n);
+    try {
+      const t = await timed(() => importAll(stack, Array.from({ length: n }, () => cvi(uniq('scale'), { type: 'ContainerImage', containerImage: { image: src } }))));
+      const mbps = (n * statSync(disk).size) / 2 ** 20 / (t.ms / 1000);
+      parts.push(`${n}: ${mbps.toFixed(0)} MiB/s`);
+    } finally {
+      await stopWorker(w!);
+    }
+  }
+  rows.push({ scenario: `Scaling: concurrent ${human(statSync(disk).size)} imports, aggregate disk throughput`, ours: parts.join(', '), peer: '-', ratio: '-', target: 'report', met: undefined });
+}
+
+function machine(): string {
+  const cpu = cpus()[0]?.model ?? 'unknown CPU';
+  return `${cpus().length} x ${cpu}, ${human(totalmem())} RAM, Node.js ${process.version}, ${new Date().toISOString().slice(0, 10)}`;
+}
+
+function render(): string {
+  const lines = [
+    '| scenario | ours | peer | ratio | target | met |',
+    '|---|---|---|---|---|---|',
+    ...rows.map((r) => `| ${r.scenario} | ${r.ours} | ${r.peer} | ${r.ratio} | ${r.target} | ${r.met === undefined ? '-' : r.met ? 'yes' : 'no'}${r.note ? ` (${r.note})` : ''} |`),
+  ];
+  return lines.join('\n');
+}
+
+async function main(): Promise<void> {
+  mkdirSync(WORK, { recursive: true });
+  const started = Date.now();
+  const stack = await startStack();
+  try {
+    if (ONLY.has('registry')) await registryScenario(stack);
+    if (ONLY.has('http')) await httpScenario(stack);
+    if (ONLY.has('memory')) await memoryScenario(stack);
+    if (ONLY.has('small')) await smallScenario(stack);
+    if (ONLY.has('scaling')) await scalingScenario(stack);
+  } finally {
+    await stack.close();
+  }
+  const table = render();
+  process.stdout.write(`\n${table}\n\nMachine: ${machine()}; total ${secs(Date.now() - started)}\n`);
+  const md = [
+    '# Benchmark results',
+    '',
+    'Produced by `npm run bench` (bench/run.ts). Ours and the peer run in the same process tree, same machine,',
+    'same registries, one after the other; ratios compare wall times (images/s for the many-small scenario).',
+    '',
+    `Machine: ${machine()}. Large disk: ${human(SIZE)} of data (a third random, a third text, a third zeros).`,
+    '',
+    table,
+    '',
+  ].join('\n');
+  writeFileSync(join(ROOT, 'bench', 'results.md'), md);
+}
+
+await main();
