@@ -13,6 +13,7 @@
  * (resuming with `Last-Event-ID`, or listing again when that position has expired) and ends when its signal
  * aborts.
  */
+import { networkReason } from './network-reason.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { request, type Dispatcher } from 'undici';
 import type { ApplyResult, Image, ImageKind, WatchEvent } from '../images/index.ts';
@@ -69,33 +70,6 @@ export function isApiError(e: unknown): e is ApiError {
   return e instanceof ApiError;
 }
 
-function networkReason(e: unknown): string {
-  const err = e as { code?: unknown; name?: unknown; message?: unknown; cause?: { code?: unknown; message?: unknown } };
-  const code = err.code ?? err.cause?.code;
-  switch (code) {
-    case 'ECONNREFUSED':
-      return 'connection refused';
-    case 'ENOTFOUND':
-    case 'EAI_AGAIN':
-      return 'host not found';
-    case 'ECONNRESET':
-    case 'EPIPE':
-    case 'UND_ERR_SOCKET':
-      return 'connection reset';
-    case 'EHOSTUNREACH':
-    case 'ENETUNREACH':
-      return 'host unreachable';
-    case 'UND_ERR_CONNECT_TIMEOUT':
-    case 'ETIMEDOUT':
-      return 'connection timed out';
-    case 'UND_ERR_HEADERS_TIMEOUT':
-    case 'UND_ERR_BODY_TIMEOUT':
-      return 'no answer in time';
-  }
-  if (typeof code === 'string' && /CERT|SSL|TLS/.test(code)) return `TLS: ${String(err.message ?? code)}`;
-  const message = typeof err.message === 'string' ? err.message : String(e);
-  return message.split('\n')[0]!.slice(0, 200);
-}
 
 interface SseMessage {
   event: string;

@@ -3,6 +3,7 @@
  * dependency answers: Redis PING, DVCR `GET /v2/`; 503 naming the one that failed), `/metrics` (Prometheus
  * text) and `/openapi.json`.
  */
+import { networkReason } from './network-reason.ts';
 import { readFileSync } from 'node:fs';
 import type { FastifyInstance } from 'fastify';
 import { Agent, request } from 'undici';
@@ -64,26 +65,6 @@ export function dvcrCheck(config: DvcrCheckConfig): ReadinessCheck & { close(): 
   });
 }
 
-function networkReason(e: unknown): string {
-  const err = e as { code?: unknown; name?: unknown; message?: unknown; cause?: { code?: unknown } };
-  const code = err.code ?? err.cause?.code;
-  switch (code) {
-    case 'ECONNREFUSED':
-      return 'connection refused';
-    case 'ENOTFOUND':
-    case 'EAI_AGAIN':
-      return 'host not found';
-    case 'ECONNRESET':
-    case 'UND_ERR_SOCKET':
-      return 'connection reset';
-    case 'UND_ERR_CONNECT_TIMEOUT':
-    case 'UND_ERR_HEADERS_TIMEOUT':
-    case 'ETIMEDOUT':
-      return 'timed out';
-  }
-  if (err.name === 'AbortError' || err.name === 'TimeoutError') return 'timed out';
-  return typeof err.message === 'string' ? err.message.slice(0, 200) : 'request failed';
-}
 
 /** Runs every check in parallel, each bounded by `timeoutMs`. */
 export async function runChecks(

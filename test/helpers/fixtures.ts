@@ -8,9 +8,9 @@
  *
  * Everything is deterministic (fixed mtimes and `created`), so the same spec always gives the same digests.
  */
-import { execFile, spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { execFile, execFileSync, spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream, createWriteStream, writeFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, posix } from 'node:path';
@@ -324,6 +324,21 @@ export async function makeDisk(path: string, format: DiskFormat, sizeMiB: number
     if (err.code === 'ENOENT') throw new Error('qemu-img is not installed: run `npm run setup` (qemu-utils)');
     throw new Error(`qemu-img create -f ${format} ${path} failed: ${err.stderr ?? err.message}`);
   }
+}
+
+/**
+ * A disk with data in it (unlike `makeDisk`): `mib` MiB where a quarter of every 256 KiB holds random bytes and
+ * the rest is zeros, written raw, then converted by qemu-img when `format` is qcow2. Returns its path.
+ */
+export function makeDataDisk(dir: string, name: string, mib: number, format: 'qcow2' | 'raw' = 'qcow2'): string {
+  const raw = join(dir, `${name}.raw`);
+  const buf = Buffer.alloc(mib * 1024 * 1024);
+  for (let off = 0; off < buf.length; off += 256 * 1024) randomBytes(64 * 1024).copy(buf, off);
+  writeFileSync(raw, buf);
+  if (format === 'raw') return raw;
+  const out = join(dir, `${name}.qcow2`);
+  execFileSync('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, out]);
+  return out;
 }
 
 export interface IsoOptions {

@@ -1,26 +1,15 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { buildImageLayout, makeIso, type LayerSpec } from '../helpers/fixtures.ts';
+import { buildImageLayout, makeDataDisk, makeIso, type LayerSpec } from '../helpers/fixtures.ts';
 import { skopeoCopy, skopeoInspectConfig, skopeoInspectRaw } from '../helpers/skopeo.ts';
 import { startImportStack, type ImportStack } from '../helpers/import-stack.ts';
 import { ImportStats } from '../../src/images/index.ts';
 import { importerMetricsFrom } from '../../src/api/metrics.ts';
 
-/** A qcow2 with real data: a raw file with random blocks converted by qemu-img. */
-function makeDataDisk(dir: string, name: string, format: 'qcow2' | 'raw', mib: number): string {
-  const raw = join(dir, `${name}.raw`);
-  const buf = Buffer.alloc(mib * 1024 * 1024);
-  for (let off = 0; off < buf.length; off += 256 * 1024) randomBytes(64 * 1024).copy(buf, off);
-  writeFileSync(raw, buf);
-  if (format === 'raw') return raw;
-  const out = join(dir, `${name}.qcow2`);
-  execFileSync('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, out]);
-  return out;
-}
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
@@ -57,7 +46,7 @@ describe('import a container image into DVCR, end to end', () => {
   });
 
   it('qcow2 in a gzip layer: Ready with format, sizes, checksum, and a clean DVCR image', async () => {
-    const disk = makeDataDisk(work, 'qcow', 'qcow2', 24);
+    const disk = makeDataDisk(work, 'qcow', 24, 'qcow2');
     const bytes = readFileSync(disk);
     const ref = await pushSource('src/qcow2', [{ files: [{ path: 'disk/ubuntu.qcow2', fromFile: disk, uid: 107, gid: 107 }], compression: 'gzip' }]);
     const { object } = await stack.service.apply(cvi('qcow2-gzip', ref));
@@ -100,7 +89,7 @@ describe('import a container image into DVCR, end to end', () => {
   });
 
   it('raw disk in a zstd layer, ISO uncompressed with cdrom=true', async () => {
-    const raw = makeDataDisk(work, 'rawdisk', 'raw', 8);
+    const raw = makeDataDisk(work, 'rawdisk', 8, 'raw');
     const iso = join(work, 'x.iso');
     await makeIso(iso);
     const r1 = await pushSource('src/raw', [{ files: [{ path: 'disk/disk.img', fromFile: raw }], compression: 'zstd' }]);
@@ -114,7 +103,7 @@ describe('import a container image into DVCR, end to end', () => {
   });
 
   it('a disk file that is itself gzip-compressed is stored unwrapped', async () => {
-    const disk = makeDataDisk(work, 'inner', 'qcow2', 4);
+    const disk = makeDataDisk(work, 'inner', 4, 'qcow2');
     execFileSync('gzip', ['-k', '-1', disk]);
     const ref = await pushSource('src/gzdisk', [{ files: [{ path: 'disk/inner.qcow2.gz', fromFile: `${disk}.gz` }], compression: 'none' }]);
     await stack.service.apply(cvi('inner-gz', ref));

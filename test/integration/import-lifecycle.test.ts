@@ -1,10 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFileSync } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { buildImageLayout, whiteout, type LayoutSpec } from '../helpers/fixtures.ts';
+import { buildImageLayout, makeDataDisk, whiteout, type LayoutSpec } from '../helpers/fixtures.ts';
 import { skopeoCopy, skopeoInspectConfig } from '../helpers/skopeo.ts';
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.ts';
 import { startImportStack, type ImportStack } from '../helpers/import-stack.ts';
@@ -12,16 +11,6 @@ import { SpecFrozenError } from '../../src/images/index.ts';
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
-function dataDisk(dir: string, name: string, mib: number, format: 'qcow2' | 'raw' = 'qcow2'): string {
-  const raw = join(dir, `${name}.raw`);
-  const buf = Buffer.alloc(mib * 1024 * 1024);
-  for (let off = 0; off < buf.length; off += 128 * 1024) randomBytes(32 * 1024).copy(buf, off);
-  writeFileSync(raw, buf);
-  if (format === 'raw') return raw;
-  const out = join(dir, `${name}.qcow2`);
-  execFileSync('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, out]);
-  return out;
-}
 
 describe('image lifecycle and source shapes', () => {
   let stack: ImportStack;
@@ -58,8 +47,8 @@ describe('image lifecycle and source shapes', () => {
   });
 
   it('multi-layer image: an upper whiteout removes the lower disk file and the upper one wins', async () => {
-    const lower = dataDisk(work, 'lower', 2);
-    const upper = dataDisk(work, 'upper', 3);
+    const lower = makeDataDisk(work, 'lower', 2);
+    const upper = makeDataDisk(work, 'upper', 3);
     const ref = await push('src/layers', {
       layers: [
         { files: [{ path: 'disk/old.qcow2', fromFile: lower }], compression: 'gzip' },
@@ -73,8 +62,8 @@ describe('image lifecycle and source shapes', () => {
   });
 
   it('manifest list with two platforms: linux/amd64 by default, linux/arm64 when asked', async () => {
-    const amd = dataDisk(work, 'amd', 1, 'raw');
-    const arm = dataDisk(work, 'arm', 2, 'raw');
+    const amd = makeDataDisk(work, 'amd', 1, 'raw');
+    const arm = makeDataDisk(work, 'arm', 2, 'raw');
     const ref = await push('src/multiarch', {
       layers: [],
       platforms: [
@@ -91,8 +80,8 @@ describe('image lifecycle and source shapes', () => {
   });
 
   it('a spec change before Ready cancels the running import; the new generation ends Ready', async () => {
-    const slow = dataDisk(work, 'slow', 8, 'raw');
-    const fast = dataDisk(work, 'fast', 1, 'raw');
+    const slow = makeDataDisk(work, 'slow', 8, 'raw');
+    const fast = makeDataDisk(work, 'fast', 1, 'raw');
     const slowRef = await push('src/slow', { layers: [{ files: [{ path: 'disk/slow.img', fromFile: slow }], compression: 'none' }] });
     const fastRef = await push('src/fast', { layers: [{ files: [{ path: 'disk/fast.img', fromFile: fast }], compression: 'none' }] });
     // The slow source goes through the proxy, which holds the blob body after 1 MiB.
@@ -120,7 +109,7 @@ describe('image lifecycle and source shapes', () => {
   });
 
   it('delete: Terminating, the DVCR tag goes, then the object', async () => {
-    const disk = dataDisk(work, 'del', 1, 'raw');
+    const disk = makeDataDisk(work, 'del', 1, 'raw');
     const ref = await push('src/del', { layers: [{ files: [{ path: 'disk/d.img', fromFile: disk }] }] });
     const { object } = await stack.service.apply(cvi('to-delete', ref));
     await stack.waitFor('ClusterVirtualImage', 'to-delete', ['Ready']);
@@ -132,7 +121,7 @@ describe('image lifecycle and source shapes', () => {
   });
 
   it('a Ready image whose manifest vanished becomes ImageLost, and Ready again when it returns', async () => {
-    const disk = dataDisk(work, 'lost', 1, 'raw');
+    const disk = makeDataDisk(work, 'lost', 1, 'raw');
     const ref = await push('src/lost', { layers: [{ files: [{ path: 'disk/d.img', fromFile: disk }] }] });
     const { object } = await stack.service.apply(cvi('lost', ref));
     await stack.waitFor('ClusterVirtualImage', 'lost', ['Ready']);
@@ -148,7 +137,7 @@ describe('image lifecycle and source shapes', () => {
   });
 
   it('VirtualImage (namespaced) lands in vi/<namespace>/<name>', async () => {
-    const disk = dataDisk(work, 'vi', 1, 'raw');
+    const disk = makeDataDisk(work, 'vi', 1, 'raw');
     const ref = await push('src/vi', { layers: [{ files: [{ path: 'disk/d.img', fromFile: disk }] }] });
     const { object } = await stack.service.apply({
       apiVersion: 'virtualization.deckhouse.io/v1alpha2',
