@@ -15,8 +15,14 @@ export function createRedis(url: string, role: ConnectionRole, extra: RedisOptio
     // Keep reconnecting with a capped backoff: workers must survive a Redis restart.
     retryStrategy: (times) => Math.min(200 * 2 ** Math.min(times, 6), 5000),
   };
-  if (role === 'worker') return new Redis(url, { ...common, ...extra, maxRetriesPerRequest: null });
-  return new Redis(url, { ...common, maxRetriesPerRequest: 2, enableOfflineQueue: false, ...extra });
+  const redis =
+    role === 'worker'
+      ? new Redis(url, { ...common, ...extra, maxRetriesPerRequest: null })
+      : new Redis(url, { ...common, maxRetriesPerRequest: 2, enableOfflineQueue: false, ...extra });
+  // While Redis is away every reconnect attempt emits 'error'; without a listener ioredis prints each one with
+  // a stack ("Unhandled error event"). The failures that matter reach the callers as failed commands.
+  redis.on('error', () => undefined);
+  return redis;
 }
 
 /** Waits until a connection is ready (for startup checks), or fails with a clear message. */

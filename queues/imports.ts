@@ -6,7 +6,7 @@
  * Cancellation crosses processes: `cancel(jobId)` removes a waiting job, or publishes on a Redis channel to
  * which every worker process listens; the one running the job aborts its signal.
  */
-import { DelayedError, Queue, QueueEvents, UnrecoverableError, Worker, type Job, type JobsOptions } from 'bullmq';
+import { DelayedError, Queue, QueueEvents, UnrecoverableError, WaitingError, Worker, type Job, type JobsOptions } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { createRedis } from './connection.ts';
 
@@ -83,6 +83,8 @@ export class ImportQueue {
       prefix: settings.prefix,
       defaultJobOptions: defaultJobOptions(settings.attempts),
     });
+    // Connection errors while Redis restarts: callers see failed commands; without a listener BullMQ prints each.
+    this.queue.on('error', () => undefined);
   }
 
   /** Adds the job for this generation; a second call for the same generation is a no-op. */
@@ -191,6 +193,12 @@ export function startImportWorker(opts: ImportWorkerOptions): ImportWorkerHandle
   const worker: Worker<ImportJobData, ImportJobResult> = new Worker<ImportJobData, ImportJobResult>(
     IMPORT_QUEUE,
     async (job: Job<ImportJobData, ImportJobResult>, token?: string, signal?: AbortSignal) => {
+      if (closing) {
+        // BullMQ can still hand out a job after close() began (a blocked wait woken by a new job): give it
+        // straight back, untouched, for another worker.
+        await job.moveToWait(token);
+        throw new WaitingError();
+      }
       const ac = new AbortController();
       const onAbort = () => ac.abort(signal?.reason ?? new Error('cancelled'));
       if (signal?.aborted) onAbort();
@@ -208,13 +216,14 @@ export function startImportWorker(opts: ImportWorkerOptions): ImportWorkerHandle
       try {
         return await opts.processor(view, ac.signal);
       } catch (e) {
-        if (cancelled.has(job.id!) || (e instanceof JobFailure && e.errorClass === 'cancelled')) {
-          throw new UnrecoverableError(`cancelled: ${e instanceof Error ? e.message : String(e)}`);
-        }
-        if (closing && ac.signal.aborted) {
-          // Shutting down: hand the job back without spending an attempt.
+        if (closing && ac.signal.aborted && !cancelled.has(job.id!)) {
+          // Shutting down past the deadline: hand the job back without spending an attempt (checked before
+          // the cancel below: the abort of a shutdown is not a user's cancel).
           await job.moveToDelayed(Date.now() + 1000, token);
           throw new DelayedError();
+        }
+        if (cancelled.has(job.id!) || (e instanceof JobFailure && e.errorClass === 'cancelled')) {
+          throw new UnrecoverableError(`cancelled: ${e instanceof Error ? e.message : String(e)}`);
         }
         if (e instanceof JobFailure) {
           if (e.errorClass === 'permanent') throw new UnrecoverableError(e.message);

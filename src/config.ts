@@ -8,6 +8,7 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
+import { parseCidr } from './oci/address-policy.ts';
 
 const hostPortList = z
   .string()
@@ -45,6 +46,21 @@ const size = z.union([z.number(), z.string()]).transform((v, ctx) => {
   return Math.round(Number(m[1]) * mult[m[2]!]!);
 });
 
+/** Comma-separated CIDRs (or a YAML list), each validated and kept in canonical text. */
+const cidrList = z.union([z.string(), z.array(z.string())]).transform((v, ctx) => {
+  const items = (typeof v === 'string' ? v.split(',') : v).map((x) => x.trim()).filter(Boolean);
+  const out: string[] = [];
+  for (const item of items) {
+    try {
+      out.push(parseCidr(item).text);
+    } catch (e) {
+      ctx.addIssue({ code: 'custom', message: (e as Error).message });
+      return z.NEVER;
+    }
+  }
+  return out;
+});
+
 const listen = z.string().regex(/^(\[[0-9a-fA-F:]+\]|[^:]+):\d{1,5}$/, 'must be HOST:PORT, e.g. 127.0.0.1:8080');
 
 export const ConfigSchema = z.object({
@@ -72,6 +88,8 @@ export const ConfigSchema = z.object({
   apiReadToken: z.string().optional(),
   /** Public base URL of the API, for upload URLs shown to users. */
   publicUrl: z.string().url().optional(),
+  /** An Upload image whose upload has not started this long after WaitForUserUpload fails (WaitForUserUploadTimeout). */
+  uploadTimeout: duration.default(600_000),
   /** Jobs a worker process runs at once. */
   workerConcurrency: z.coerce.number().int().min(1).max(64).default(2),
   /** BullMQ job lock: renewed at half this period; a worker silent for longer loses its job to another. */
@@ -86,6 +104,19 @@ export const ConfigSchema = z.object({
   registryConcurrency: z.coerce.number().int().min(1).max(64).default(6),
   /** A download that receives nothing for this long fails. */
   idleTimeout: duration.default(600_000),
+  /**
+   * Non-public addresses that sources (HTTP URLs, source registries; not DVCR) may be fetched from. By default
+   * loopback, link-local, private, CGNAT, unspecified, multicast and cloud metadata addresses are refused.
+   */
+  sourceAllowCidrs: cidrList.default([]),
+  /** SIGTERM: how long running imports may take to finish before they are handed back to the queue. */
+  shutdownDeadline: duration.default(25_000),
+  /** Ours: convert every imported disk to this format (an image's `spec.conversion.format` wins); unset = keep. */
+  convertTo: z.enum(['qcow2', 'raw']).optional(),
+  /** Wall-clock limit of one `qemu-img convert`; it is killed (and the attempt retried) when reached. */
+  convertTimeout: duration.default(3_600_000),
+  /** How often an ObjectRef import whose source image is not Ready yet looks again (no attempt is spent). */
+  sourceWaitInterval: duration.default(10_000),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 
@@ -106,6 +137,7 @@ export const ENV: Record<keyof Config, string> = {
   apiToken: 'API_TOKEN',
   apiReadToken: 'API_READ_TOKEN',
   publicUrl: 'PUBLIC_URL',
+  uploadTimeout: 'UPLOAD_TIMEOUT',
   workerConcurrency: 'WORKER_CONCURRENCY',
   importAttempts: 'IMPORT_ATTEMPTS',
   jobLockDuration: 'JOB_LOCK_DURATION',
@@ -113,6 +145,11 @@ export const ENV: Record<keyof Config, string> = {
   probeSampleSize: 'PROBE_SAMPLE_SIZE',
   registryConcurrency: 'REGISTRY_CONCURRENCY',
   idleTimeout: 'IDLE_TIMEOUT',
+  sourceAllowCidrs: 'SOURCE_ALLOW_CIDRS',
+  shutdownDeadline: 'SHUTDOWN_DEADLINE',
+  convertTo: 'CONVERT_TO',
+  convertTimeout: 'CONVERT_TIMEOUT',
+  sourceWaitInterval: 'SOURCE_WAIT_INTERVAL',
   logLevel: 'LOG_LEVEL',
 };
 

@@ -3,9 +3,6 @@
  * status writes (throttled to about 1/s), cancellation, and mapping the data plane's failure classes to retry,
  * rate-limit delay or a final failure. The bytes move in a piscina thread (`import.thread.ts`).
  */
-import { MessageChannel } from 'node:worker_threads';
-import { createRequire } from 'node:module';
-import { pathToFileURL } from 'node:url';
 import { Piscina } from 'piscina';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
@@ -17,24 +14,20 @@ import {
   isSpecFrozen,
   onAttemptFailed,
   onFailed,
-  onProgress,
   onProvisioningStarted,
-  onReady,
   refOf,
   StaleWriteError,
   type Image,
-  type ImageFormat,
   type ImageRef,
 } from '../src/images/index.ts';
-import type { ControlMessage, ImportFailure, ImportTask, ThreadMessage } from '../src/pipeline/types.ts';
+import type { ImportFailure, ImportTask } from '../src/pipeline/types.ts';
 import { createRedis } from '../queues/connection.ts';
 import { JobFailure, startImportWorker, type ImportJob, type ImportJobResult, type ImportWorkerHandle } from '../queues/imports.ts';
+import { ImportControl, tsxImport } from './control.ts';
 import type { ThreadTaskInput, ThreadTaskResult } from './import.thread.ts';
+import { resolveObjectRef, type ObjectRefTaskSource } from './object-ref.ts';
 
-/** Status and job-progress writes per job: at most one per this period (plus phase changes). */
-const STATUS_INTERVAL_MS = 1000;
-/** After a cooperative abort, how long the thread gets before it is terminated. */
-const ABORT_GRACE_MS = 10_000;
+export { SpeedMeter } from './control.ts';
 
 export interface ImportWorkerOptions {
   config: Config;
@@ -47,41 +40,23 @@ export interface RunningImportWorker {
   close(deadlineMs?: number): Promise<void>;
 }
 
-/** Current speed over a sliding window, and the average since the attempt began. */
-export class SpeedMeter {
-  private readonly samples: Array<{ t: number; bytes: number }> = [];
-  private readonly start: number;
-  constructor(
-    private readonly windowMs = 3000,
-    now = Date.now(),
-  ) {
-    this.start = now;
-    this.samples.push({ t: now, bytes: 0 });
-  }
-  add(bytes: number, now = Date.now()): { currentBps: number; avgBps: number } {
-    this.samples.push({ t: now, bytes });
-    while (this.samples.length > 2 && now - this.samples[1]!.t >= this.windowMs) this.samples.shift();
-    const first = this.samples[0]!;
-    const dt = (now - first.t) / 1000;
-    const currentBps = dt > 0 ? Math.max(0, (bytes - first.bytes) / dt) : 0;
-    const total = (now - this.start) / 1000;
-    const avgBps = total > 0 ? bytes / total : 0;
-    return { currentBps, avgBps };
-  }
+/**
+ * The data plane's task for one image generation: references only, no secrets. An ObjectRef source must have
+ * been resolved by the control plane first (`resolveObjectRef`) and is passed in.
+ */
+export function buildTask(image: Image, config: Config, objectRef?: ObjectRefTaskSource): ImportTask {
+  const task = sourceTask(image, config, objectRef);
+  // Ours: the image's conversion wins over the worker default. An ObjectRef copy is never converted.
+  const convertTo = image.spec.conversion?.format ?? config.convertTo;
+  return convertTo && task.source.type !== 'ObjectRef' ? { ...task, convertTo } : task;
 }
 
-function tsxImport(): string[] {
-  // The project runs TypeScript through tsx; worker threads need the loader too (Node 20 cannot load .ts).
-  const require = createRequire(import.meta.url);
-  return ['--import', pathToFileURL(require.resolve('tsx')).href];
-}
-
-/** The data plane's task for one image generation: references only, no secrets. */
-export function buildTask(image: Image, config: Config): ImportTask {
+function sourceTask(image: Image, config: Config, objectRef: ObjectRefTaskSource | undefined): ImportTask {
   const ds = image.spec.dataSource;
   const registry = dvcrHost(config);
   const target = { registry, repository: dvcrRepository(registry, refOf(image)), tag: image.metadata.uid };
   const imageRef = `${image.kind}/${image.metadata.namespace ? `${image.metadata.namespace}/` : ''}${image.metadata.name}`;
+  if (ds.type === 'ObjectRef' && objectRef) return { imageRef, target, source: objectRef };
   if (ds.type === 'ContainerImage' && ds.containerImage) {
     const ci = ds.containerImage;
     return {
@@ -141,11 +116,22 @@ export function startWorker(opts: ImportWorkerOptions): RunningImportWorker {
     }
     if (image.metadata.deletionTimestamp) return { outcome: 'cancelled' };
     if (isSpecFrozen(image.status)) return { outcome: 'superseded' };
+    if (image.spec.dataSource.type === 'Upload') {
+      // Upload images are served by the API (the upload URL); a job for one has nothing to do here.
+      log.info('Upload image: its bytes arrive through the API upload URL, not this worker');
+      return { outcome: 'superseded' };
+    }
     const write = (mutate: Parameters<ImageStore['updateStatus']>[3]) =>
       store.updateStatus(ref, data.uid, data.generation, mutate);
+    let objectRef: ObjectRefTaskSource | undefined;
+    if (image.spec.dataSource.type === 'ObjectRef') {
+      const resolved = await resolveObjectRef({ store, image, write, stats, log, waitMs: config.sourceWaitInterval });
+      if ('outcome' in resolved) return resolved;
+      objectRef = resolved;
+    }
     let task: ImportTask;
     try {
-      task = buildTask(image, config);
+      task = buildTask(image, config, objectRef);
     } catch (e) {
       // A spec this worker cannot run: the image must say so, not sit in Pending.
       const failure = { reason: 'UnsupportedDataSource', message: (e as Error).message, retryable: false };
@@ -157,96 +143,23 @@ export function startWorker(opts: ImportWorkerOptions): RunningImportWorker {
     await write((s) => onProvisioningStarted(s, { attempt: job.attemptsMade + 1, registryURL: `${task.target.registry}/${task.target.repository}:${task.target.tag}` }));
     log.info({ source: task.source.type, attempt: job.attemptsMade + 1 }, 'import started');
 
-    const channel = new MessageChannel();
-    const hard = new AbortController();
-    const meter = new SpeedMeter();
-    let lastWrite = 0;
-    let lastStage = '';
-    let writing: Promise<unknown> = Promise.resolve();
-    let stale = false;
-    const onAbort = () => {
-      channel.port1.postMessage({ type: 'abort' });
-      setTimeout(() => hard.abort(), ABORT_GRACE_MS).unref();
-    };
-    signal.addEventListener('abort', onAbort, { once: true });
-    channel.port1.on('message', (m: ThreadMessage) => {
-      if (m.type === 'commit-request') {
-        // The last gate before the manifest: is this still the image's current generation?
-        void store
-          .get(data.kind, data.namespace, data.name)
-          .then((cur) => {
-            const ok = !signal.aborted && !stale && cur !== null && cur.metadata.uid === data.uid &&
-              cur.metadata.generation === data.generation && cur.metadata.deletionTimestamp === undefined;
-            if (!ok) stale = true;
-            channel.port1.postMessage({ type: 'commit-reply', ok, ...(ok ? {} : { reason: 'a newer generation or a delete took over' }) } satisfies ControlMessage);
-          })
-          .catch((e: unknown) => channel.port1.postMessage({ type: 'commit-reply', ok: false, reason: (e as Error).message } satisfies ControlMessage));
-        return;
-      }
-      if (m.type === 'log') {
-        log.info(m.line);
-        void job.log(m.line).catch(() => undefined);
-        return;
-      }
-      const p = m.progress;
-      const speeds = meter.add(p.bytesDone);
-      const now = Date.now();
-      if (now - lastWrite < STATUS_INTERVAL_MS && p.stage === lastStage) return;
-      lastWrite = now;
-      lastStage = p.stage;
-      writing = writing
-        .then(() =>
-          Promise.all([
-            write((s) => onProgress(s, { bytesDone: p.bytesDone, bytesTotal: p.bytesTotal, ...speeds })),
-            job.updateProgress({ phase: p.stage, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal, ...speeds }),
-          ]),
-        )
-        .catch((e: unknown) => {
-          if (e instanceof StaleWriteError) {
-            // A newer generation or a delete took over: stop this import.
-            stale = true;
-            onAbort();
-          } else {
-            log.warn({ err: (e as Error).message }, 'progress write failed');
-          }
-        });
+    const control = new ImportControl({
+      store,
+      ref,
+      uid: data.uid,
+      generation: data.generation,
+      log,
+      signal,
+      onProgress: (p) =>
+        job.updateProgress({ phase: p.stage, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal, currentBps: p.currentBps, avgBps: p.avgBps }),
+      onLog: (line) => void job.log(line).catch(() => undefined),
     });
+    const result = await control.run(pool, task);
 
-    let result: ThreadTaskResult;
-    try {
-      result = await pool.run({ task, port: channel.port2 }, { transferList: [channel.port2], signal: hard.signal });
-    } catch (e) {
-      result = {
-        ok: false,
-        failure: hard.signal.aborted
-          ? { errorClass: 'cancelled', reason: 'Cancelled', message: 'the import was cancelled' }
-          : { errorClass: 'transient', reason: 'WorkerThreadFailed', message: `worker thread failed: ${(e as Error).message}` },
-      };
-    } finally {
-      signal.removeEventListener('abort', onAbort);
-      channel.port1.close();
-    }
-    await writing;
-
-    if (stale) return { outcome: 'superseded' };
+    if (control.stale) return { outcome: 'superseded' };
     if (result.ok) {
       const o = result.outcome;
-      const avgBps = o.durationMs > 0 ? (o.sourceBytes * 1000) / o.durationMs : undefined;
-      try {
-        await write((s) =>
-          onReady(s, {
-            registryURL: o.registryURL,
-            format: o.format as ImageFormat,
-            storedBytes: o.storedBytes,
-            unpackedBytes: o.virtualSize,
-            sha256: o.sha256,
-            ...(avgBps !== undefined ? { avgBps } : {}),
-          }),
-        );
-      } catch (e) {
-        if (e instanceof StaleWriteError) return { outcome: 'superseded', manifestDigest: o.manifestDigest };
-        throw e;
-      }
+      if (!(await control.markReady(o))) return { outcome: 'superseded', manifestDigest: o.manifestDigest };
       await stats.recordSuccess(o.storedBytes, o.durationMs / 1000).catch(() => undefined);
       log.info({ format: o.format, storedBytes: o.storedBytes, durationMs: o.durationMs, digest: o.manifestDigest }, 'import ready');
       return { outcome: 'imported', manifestDigest: o.manifestDigest };

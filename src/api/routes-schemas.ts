@@ -5,7 +5,7 @@
  * `#/components/schemas/*` references resolve against {@link COMPONENT_SCHEMAS} there.
  */
 import { z } from 'zod';
-import { API_VERSION, DATA_SOURCE_TYPES, IMAGE_KINDS, imageSchema } from '../images/index.ts';
+import { API_VERSION, CONVERSION_FORMATS, DATA_SOURCE_TYPES, IMAGE_KINDS, imageSchema } from '../images/index.ts';
 
 // Parameters --------------------------------------------------------------------------------------------------
 
@@ -149,6 +149,12 @@ export const COMPONENT_SCHEMAS: Record<ComponentName, object> = {
               objectRef: { type: 'object' },
               upload: { type: 'object' },
             },
+          },
+          conversion: {
+            type: 'object',
+            required: ['format'],
+            description: 'Ours: store the disk in this format (qemu-img convert); default the worker CONVERT_TO. Not for ObjectRef.',
+            properties: { format: { type: 'string', enum: [...CONVERSION_FORMATS] } },
           },
           storage: { type: 'string', const: 'ContainerRegistry' },
         },

@@ -21,7 +21,9 @@ import { RouteCollector } from './openapi.ts';
 import { errorReply } from './routes-errors.ts';
 import { registerImageRoutes } from './routes-images.ts';
 import { dvcrCheck, redisCheck, registerOpsRoutes, type ReadinessCheck } from './routes-ops.ts';
+import { registerUploadRoutes } from './routes-upload.ts';
 import type { ImageService } from './service.ts';
+import type { UploadService } from './uploads.ts';
 
 export { dvcrCheck, redisCheck, type ReadinessCheck } from './routes-ops.ts';
 
@@ -60,6 +62,8 @@ export interface BuildServerOptions {
   heartbeatMs?: number;
   /** Largest request body. Default 1 MiB. */
   bodyLimit?: number;
+  /** Serves the upload endpoint `/upload/<token>` (routes-upload.ts: open, unbuffered, no body limit). */
+  uploads?: UploadService;
 }
 
 export function buildServer(opts: BuildServerOptions): FastifyInstance {
@@ -110,6 +114,7 @@ export function buildServer(opts: BuildServerOptions): FastifyInstance {
   };
 
   registerImageRoutes(app, { service, heartbeatMs: opts.heartbeatMs ?? DEFAULT_HEARTBEAT_MS, watches });
+  if (opts.uploads) registerUploadRoutes(app, { uploads: opts.uploads });
   registerOpsRoutes(app, {
     checks,
     metricsSources: {

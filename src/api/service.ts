@@ -33,6 +33,21 @@ export interface ImageServiceOptions {
   /** `host:port` of DVCR. */
   dvcrHost: string;
   logger?: Logger;
+  /**
+   * The lifecycle of `Upload` images (src/api/uploads.ts): without it they stay Pending until an API process that
+   * has one picks them up in its reconcile pass. Upload images are never queued: their bytes come to the API.
+   */
+  uploads?: UploadLifecycle;
+}
+
+/** What ImageService asks of the upload side (implemented by UploadService in uploads.ts). */
+export interface UploadLifecycle {
+  /** A new generation of an Upload image: issue its token and move it to WaitForUserUpload; returns it then. */
+  start(image: Image): Promise<Image | undefined>;
+  /** The image's generation is over (spec change, delete): its upload URL stops working. */
+  revoke(uid: string): Promise<void>;
+  /** Housekeeping for one Upload image; returns what it did, if anything (for logs and tests). */
+  reconcile(image: Image): Promise<string | undefined>;
 }
 
 export class NotFoundError extends Error {
@@ -45,6 +60,7 @@ export class ImageService {
   private readonly dvcr: RegistryClient;
   private readonly dvcrHost: string;
   private readonly logger: Logger | undefined;
+  private readonly uploads: UploadLifecycle | undefined;
 
   constructor(opts: ImageServiceOptions) {
     this.store = opts.store;
@@ -52,6 +68,7 @@ export class ImageService {
     this.dvcr = opts.dvcr;
     this.dvcrHost = opts.dvcrHost;
     this.logger = opts.logger;
+    this.uploads = opts.uploads;
   }
 
   targetOf(image: Image): DvcrTarget {
@@ -72,6 +89,15 @@ export class ImageService {
       if (result.specChanged && generation > 1) {
         // The previous generation's import stops; its status writes are refused from now on anyway.
         await this.queue.cancel(importJobId({ uid, generation: generation - 1 })).catch(() => undefined);
+        await this.uploads?.revoke(uid).catch(() => undefined);
+      }
+      if (image.spec.dataSource.type === 'Upload') {
+        // No job: the API serves the upload URL. A failure here leaves the image Pending for reconcile.
+        const waiting = await this.uploads?.start(image).catch((e: unknown) => {
+          this.logger?.warn({ image: `${image.kind}/${image.metadata.name}`, err: (e as Error).message }, 'upload URL not issued yet');
+          return undefined;
+        });
+        return waiting ? { ...result, object: waiting } : result;
       }
       await this.queue.enqueue({
         kind: image.kind,
@@ -112,6 +138,7 @@ export class ImageService {
   private async finishDelete(image: Image): Promise<void> {
     const { uid, generation } = image.metadata;
     await this.queue.cancel(importJobId({ uid, generation })).catch(() => undefined);
+    await this.uploads?.revoke(uid);
     await removeImage(this.dvcr, this.targetOf(image));
     await this.store.remove(refOf(image), { uid });
     this.logger?.info({ image: `${image.kind}/${image.metadata.name}` }, 'image deleted');
@@ -132,6 +159,10 @@ export class ImageService {
             await this.finishDelete(image);
             out.deleted.push(label);
             continue;
+          }
+          if (this.uploads && image.spec.dataSource.type === 'Upload') {
+            const did = await this.uploads.reconcile(image);
+            if (did) this.logger?.info({ image: label, action: did }, 'upload housekeeping');
           }
           const phase = image.status.phase;
           if (phase !== 'Ready' && phase !== 'ImageLost') continue;

@@ -10,7 +10,10 @@ import { pino, type Logger } from 'pino';
 import { ImportQueue } from '../../queues/imports.ts';
 import { createRedis } from '../../queues/connection.ts';
 import { startWorker, type RunningImportWorker } from '../../workers/import-worker.ts';
-import { ImageStore, ImportStats } from '../images/index.ts';
+import { startUploadRunner } from '../../workers/upload-runner.ts';
+import { UploadTimeouts } from '../../queues/uploads.ts';
+import { UploadService } from '../api/uploads.ts';
+import { ImageStore, ImportStats, UploadTokens } from '../images/index.ts';
 import { dvcrHost, loadConfig, type Config } from '../config.ts';
 import { createDvcrClient } from '../pipeline/context.ts';
 import { runDemo } from './demo.ts';
@@ -20,8 +23,8 @@ import { startRedis, startRegistry, type RedisServer, type RegistryServer } from
 
 /** How often `serve` finishes stuck deletions and checks that Ready images are still in DVCR. */
 const RECONCILE_INTERVAL_MS = 30_000;
-/** SIGTERM: how long running imports may take to finish before they are handed back. */
-const SHUTDOWN_DEADLINE_MS = 25_000;
+/** The embedded registry is on loopback: `up` lets sources reach it unless SOURCE_ALLOW_CIDRS says otherwise. */
+const LOOPBACK_CIDRS = '127.0.0.0/8,::1/128';
 
 function makeLogger(config: Config, destination?: string): Logger {
   return pino(
@@ -56,14 +59,32 @@ export async function startApi(config: Config, logger: Logger): Promise<RunningA
   const queue = new ImportQueue({ redisUrl: config.redisUrl, prefix: config.redisPrefix, attempts: config.importAttempts });
   const host = dvcrHost(config);
   const dvcr = await createDvcrClient(config);
-  const service = new ImageService({ store, queue, dvcr, dvcrHost: host, logger });
   const stats = new ImportStats(redis, store.prefix);
-  const server = await buildServer({ service, queue, config, logger, redis, stats });
+  // Uploads: tokens and locks next to the images, a timeout job per wait, the bytes moved by a thread pool.
+  const timeouts = new UploadTimeouts({ redisUrl: config.redisUrl, prefix: config.redisPrefix });
+  const runner = startUploadRunner({ config, logger, store, stats });
+  const uploads = new UploadService({
+    store,
+    tokens: new UploadTokens(redis, store.prefix),
+    timeouts,
+    runner,
+    timeoutMs: config.uploadTimeout,
+    publicUrl: config.publicUrl,
+    idleTimeoutMs: config.idleTimeout,
+    logger,
+  });
+  const service = new ImageService({ store, queue, dvcr, dvcrHost: host, logger, uploads });
+  const server = await buildServer({ service, queue, config, logger, redis, stats, uploads });
   const [h, p] = splitListen(config.listen);
   await server.listen({ host: h, port: p });
   const bound = server.server.address();
   const addr = bound && typeof bound === 'object' ? bound : undefined;
   const url = `http://${addr?.family === 'IPv6' ? `[${addr.address}]` : (addr?.address ?? h)}:${addr?.port ?? p}`;
+  uploads.setApiUrl(url);
+  timeouts.start(
+    (data) => uploads.onTimeout(data),
+    (message) => logger.warn({ err: message }, 'upload timeout check failed'),
+  );
   const ac = new AbortController();
   const timer = setInterval(() => {
     service.reconcile(ac.signal).catch((e: unknown) => logger.warn({ err: (e as Error).message }, 'reconcile failed'));
@@ -75,7 +96,13 @@ export async function startApi(config: Config, logger: Logger): Promise<RunningA
     async close() {
       ac.abort();
       clearInterval(timer);
+      // Watches end cleanly on close; a client still holding a keep-alive connection after 2 s is cut, so
+      // `serve` stops within a Kubernetes grace period instead of the 72 s keep-alive timeout.
+      const cut = setTimeout(() => server.server.closeAllConnections(), 2000);
       await server.close();
+      clearTimeout(cut);
+      await timeouts.close();
+      await runner.close();
       await queue.close();
       await dvcr.close();
       await redis.quit().catch(() => undefined);
@@ -95,8 +122,9 @@ export async function runWorker(): Promise<void> {
   const worker = startWorker({ config, logger });
   logger.info({ concurrency: config.workerConcurrency }, 'worker started');
   const sig = await untilSignal();
-  logger.info({ signal: sig }, 'stopping: no new jobs; running imports get a deadline');
-  await worker.close(SHUTDOWN_DEADLINE_MS);
+  logger.info({ signal: sig, deadlineMs: config.shutdownDeadline }, 'stopping: no new jobs; running imports get a deadline');
+  await worker.close(config.shutdownDeadline);
+  logger.info('worker stopped');
 }
 
 export async function runServe(opts: { listen?: string } = {}): Promise<void> {
@@ -133,6 +161,7 @@ export async function runUp(opts: UpOptions = {}): Promise<void> {
   let registry: RegistryServer | undefined;
   let worker: RunningImportWorker | undefined;
   let api: RunningApi | undefined;
+  let shutdownDeadline = 25_000;
   try {
     const overrides: Record<string, unknown> = { listen: opts.listen };
     if (!process.env.REDIS_URL) {
@@ -142,8 +171,11 @@ export async function runUp(opts: UpOptions = {}): Promise<void> {
     if (!process.env.DVCR_URL) {
       registry = await startRegistry({ dataDir: join(dataDir, 'dvcr') });
       overrides.dvcrUrl = registry.url;
+      // The demo (and the README's next steps) import from this loopback registry.
+      if (!process.env.SOURCE_ALLOW_CIDRS) overrides.sourceAllowCidrs = LOOPBACK_CIDRS;
     }
     const config = loadConfig(process.env, overrides);
+    shutdownDeadline = config.shutdownDeadline;
     const logFile = join(dataDir, 'dvcr-importer.log');
     const logger = makeLogger(config, logFile);
     worker = startWorker({ config, logger });
@@ -153,6 +185,10 @@ export async function runUp(opts: UpOptions = {}): Promise<void> {
     out(`  Redis:  ${config.redisUrl}${redis ? `   (embedded, pid ${redis.pid}, data ${redis.dataDir})` : ''}`);
     out(`  DVCR:   ${config.dvcrUrl}${registry ? `   (embedded, pid ${registry.pid}, data ${registry.dataDir})` : ''}`);
     out(`  Worker: ${config.workerConcurrency} concurrent imports`);
+    out(
+      `  Sources: ${config.sourceAllowCidrs.length ? `public addresses and ${config.sourceAllowCidrs.join(', ')}` : 'public addresses only'}` +
+        (overrides.sourceAllowCidrs ? '   (loopback allowed for the embedded registry; set SOURCE_ALLOW_CIDRS to change)' : ''),
+    );
     out(`  Logs:   ${logFile}`);
     const stop = opts.until ?? untilSignal();
     if (opts.demo) {
@@ -183,7 +219,7 @@ export async function runUp(opts: UpOptions = {}): Promise<void> {
     out('stopping...');
   } finally {
     await api?.close().catch(() => undefined);
-    await worker?.close(SHUTDOWN_DEADLINE_MS).catch(() => undefined);
+    await worker?.close(shutdownDeadline).catch(() => undefined);
     await Promise.all([redis?.stop(), registry?.stop()]);
   }
 }

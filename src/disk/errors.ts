@@ -34,7 +34,15 @@ export type DiskErrorReason =
   | 'DecompressorUnavailable'
   /** A decompressor process died from a signal (e.g. the OOM killer). */
   | 'DecompressorFailed'
-  | 'ChecksumMismatch';
+  | 'ChecksumMismatch'
+  /** qemu-img convert refused or failed on an image that qemu-img info accepted. */
+  | 'ConvertFailed'
+  /** qemu-img convert did not finish within its wall timeout and was killed. */
+  | 'ConvertTimeout'
+  /** qemu-img convert hit its CPU, memory or output-size limit. */
+  | 'ConvertLimit'
+  /** The worker's scratch folder ran out of space (spooling or converting). */
+  | 'NoScratchSpace';
 
 export interface DiskErrorInit {
   reason: DiskErrorReason;

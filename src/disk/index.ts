@@ -24,12 +24,14 @@ export {
 } from './format.ts';
 export {
   probeImage,
+  runLimited,
   hasPrlimit,
   DEFAULT_PROBE_LIMITS,
   type ProbeLimits,
   type ProbeOptions,
   type ProbeResult,
   type QemuImgInfo,
+  type RunResult,
 } from './probe.ts';
 export {
   ProbeSample,
@@ -38,7 +40,19 @@ export {
   type ProbeSampleOptions,
   type SealedSample,
 } from './sample.ts';
-export { unwrap, type UnwrapOptions, type Unwrapped } from './unwrap.ts';
+export { unwrap, peek, type UnwrapOptions, type Unwrapped } from './unwrap.ts';
+export {
+  convertImage,
+  convertArgs,
+  convertedName,
+  detectFileFormat,
+  maxConvertedSize,
+  CONVERT_TARGETS,
+  DEFAULT_CONVERT_LIMITS,
+  type ConvertTarget,
+  type ConvertOptions,
+  type ConvertedDisk,
+} from './convert.ts';
 export {
   MultiHash,
   HashingStream,

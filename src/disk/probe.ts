@@ -225,7 +225,8 @@ function checkInfo(info: QemuImgInfo, path: string, name: string, format: DiskFo
   }
 }
 
-interface RunResult {
+/** What {@link runLimited} saw of a finished process. */
+export interface RunResult {
   code: number | null;
   signal: NodeJS.Signals | null;
   stdout: string;
@@ -239,11 +240,15 @@ interface RunResult {
 const STDOUT_LIMIT = 4 * 1024 * 1024;
 const STDERR_LIMIT = 8 * 1024;
 
-/** Runs a command under an address-space and CPU limit and a wall timeout (SIGKILL on expiry or abort). */
-function runLimited(
+/**
+ * Runs a command under an address-space and CPU limit (and, when `limits.fileSizeBytes` is set, a limit on the
+ * size of any file it writes: SIGXFSZ beyond it) and a wall timeout (SIGKILL on expiry or abort). Rejects only
+ * with the signal's reason on abort; everything else is in the result.
+ */
+export function runLimited(
   command: string,
   args: readonly string[],
-  limits: ProbeLimits,
+  limits: ProbeLimits & { fileSizeBytes?: number },
   limiter: 'prlimit' | 'ulimit',
   signal: AbortSignal | undefined,
 ): Promise<RunResult> {
@@ -251,10 +256,22 @@ function runLimited(
     signal?.throwIfAborted();
     const as = Math.max(1, Math.floor(limits.addressSpaceBytes));
     const cpu = Math.max(1, Math.ceil(limits.cpuSeconds));
+    const fsize = limits.fileSizeBytes === undefined ? undefined : Math.max(1, Math.floor(limits.fileSizeBytes));
+    // `ulimit -f` counts 512-byte blocks in dash (Debian's sh) and POSIX mode: round up.
     const [cmd, argv] =
       limiter === 'prlimit'
-        ? ['prlimit', [`--as=${as}`, `--cpu=${cpu}`, '--', command, ...args]]
-        : ['sh', ['-c', `ulimit -v ${Math.max(1, Math.floor(as / 1024))} && ulimit -t ${cpu} && exec "$@"`, 'sh', command, ...args]];
+        ? ['prlimit', [`--as=${as}`, `--cpu=${cpu}`, ...(fsize ? [`--fsize=${fsize}`] : []), '--', command, ...args]]
+        : [
+            'sh',
+            [
+              '-c',
+              `ulimit -v ${Math.max(1, Math.floor(as / 1024))} && ulimit -t ${cpu}` +
+                `${fsize ? ` && ulimit -f ${Math.ceil(fsize / 512)}` : ''} && exec "$@"`,
+              'sh',
+              command,
+              ...args,
+            ],
+          ];
     // prlimit and `exec` replace themselves with qemu-img, so the child's pid is qemu-img's.
     const child = spawn(cmd, argv, {
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -321,7 +338,8 @@ export function hasPrlimit(): boolean {
   return prlimitPath;
 }
 
-function firstLines(s: string): string {
+/** The first three non-empty lines of a tool's output, joined: enough for a message. */
+export function firstLines(s: string): string {
   return s
     .split('\n')
     .map((l) => l.trim())

@@ -96,7 +96,7 @@ export async function unwrap(source: Readable, opts: UnwrapOptions = {}): Promis
  * Reads until at least `n` bytes (or the end) are buffered, puts them back with `unshift`, and returns them.
  * The stream is left paused and unconsumed.
  */
-function peek(stream: Readable, n: number): Promise<Buffer> {
+export function peek(stream: Readable, n: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let len = 0;

@@ -35,6 +35,8 @@ export const Labels = {
   virtualSize: 'source-image-virtual-size',
   format: 'source-image-format',
   erofs: 'erofs-compatible-layers',
+  /** Ours: the format the disk arrived in, when the importer converted it (`source-image-format` is the stored one). */
+  originalFormat: 'source-image-original-format',
 } as const;
 
 export function formatTarget(t: DvcrTarget): string {

@@ -5,3 +5,4 @@ export * from './schema.ts';
 export * from './status.ts';
 export * from './store.ts';
 export * from './stats.ts';
+export * from './upload-tokens.ts';

@@ -15,6 +15,9 @@
  *
  * - `spec.dataSource.containerImage.platform` (`os/arch[/variant]`, e.g. `linux/arm64`): which image of a
  *   multi-arch index to import; default `linux/amd64` (contract, "Reading a source container image").
+ * - `spec.conversion.format` (`qcow2` or `raw`): convert the imported disk to this format with qemu-img (the
+ *   worker's CONVERT_TO is the default; unset = keep the format). Not for `ObjectRef`, which copies an image as
+ *   it is; an ISO is never converted.
  *
  * Accepted for compatibility with upstream manifests:
  * - `spec.storage` on a VirtualImage, only as `ContainerRegistry` (DVCR is the only storage we write to).
@@ -38,6 +41,9 @@ export const MAX_IMAGE_NAME_LENGTH = 253;
 export const MAX_NAMESPACE_LENGTH = 63;
 /** The platform a multi-arch source image resolves to when `containerImage.platform` is not set. */
 export const DEFAULT_PLATFORM = 'linux/amd64';
+/** Ours: formats `spec.conversion.format` can ask for. */
+export const CONVERSION_FORMATS = ['qcow2', 'raw'] as const;
+export type ConversionFormat = (typeof CONVERSION_FORMATS)[number];
 
 // ---------------------------------------------------------------------------------------------------------------
 // Types
@@ -90,8 +96,15 @@ export type DataSource =
   | { type: 'ObjectRef'; objectRef: ObjectRefSource }
   | { type: 'Upload'; upload?: UploadSource };
 
+/** Ours: convert the imported disk (qemu-img convert) before it is stored. */
+export interface ConversionSpec {
+  format: ConversionFormat;
+}
+
 export interface ImageSpec {
   dataSource: DataSource;
+  /** Ours: the format to store the disk in; default the worker's CONVERT_TO, else the format as found. */
+  conversion?: ConversionSpec;
   /** VirtualImage only, accepted for upstream compatibility; the only value is `ContainerRegistry`. */
   storage?: 'ContainerRegistry';
 }
@@ -314,6 +327,8 @@ const objectRefSchema = z.strictObject({
 
 const uploadSchema = z.strictObject({ checksum: checksumSchema.optional() });
 
+const conversionSchema = z.strictObject({ format: z.enum(CONVERSION_FORMATS) });
+
 const SUB_OBJECT = {
   HTTP: 'http',
   ContainerImage: 'containerImage',
@@ -409,7 +424,7 @@ function metadataSchema(kind: ImageKind) {
 }
 
 function specSchema(kind: ImageKind) {
-  const base = { dataSource: dataSourceSchema };
+  const base = { dataSource: dataSourceSchema, conversion: conversionSchema.optional() };
   if (kind === 'ClusterVirtualImage') return z.strictObject(base);
   return z.strictObject({
     ...base,
@@ -478,6 +493,13 @@ function checkReferences(kind: ImageKind, meta: { name: string; namespace?: stri
       problem(ctx, at, 'refers to this image itself; name another image');
     }
   }
+  if (type === 'ObjectRef' && field(spec, 'conversion') !== undefined) {
+    problem(
+      ctx,
+      ['spec', 'conversion'],
+      'does not apply to an ObjectRef source: the referenced image is copied as it is (its layer is mounted in DVCR); remove conversion',
+    );
+  }
   if (type === 'ContainerImage' && kind === 'VirtualImage') {
     const secretNs = field(field(field(ds, 'containerImage'), 'imagePullSecret'), 'namespace');
     if (typeof secretNs === 'string' && meta.namespace !== undefined && secretNs !== meta.namespace) {
@@ -519,7 +541,11 @@ export const imageSchema = z.strictObject({
     labels: z.record(z.string(), z.string()).optional(),
     annotations: z.record(z.string(), z.string()).optional(),
   }),
-  spec: z.strictObject({ dataSource: dataSourceSchema, storage: z.literal('ContainerRegistry').optional() }),
+  spec: z.strictObject({
+    dataSource: dataSourceSchema,
+    conversion: conversionSchema.optional(),
+    storage: z.literal('ContainerRegistry').optional(),
+  }),
   status: imageStatusSchema,
 });
 
@@ -697,6 +723,7 @@ export function parseImageManifest(input: unknown, opts: ParseOptions = {}): Ima
   if (d.metadata.labels) metadata.labels = d.metadata.labels as Record<string, string>;
   if (d.metadata.annotations) metadata.annotations = d.metadata.annotations as Record<string, string>;
   const spec: ImageSpec = { dataSource: d.spec.dataSource };
+  if (d.spec.conversion !== undefined) spec.conversion = d.spec.conversion;
   const storage = (d.spec as { storage?: 'ContainerRegistry' }).storage;
   if (storage !== undefined) spec.storage = storage;
   return { apiVersion: API_VERSION, kind: k, metadata, spec };

@@ -1,8 +1,9 @@
 /**
- * Image status: the type (exactly the contract's fields, plus ours: `checksums`, `attempts`, `failure`), its schema,
- * and pure transitions. A transition takes a status and returns the next one; it never mutates its input, and
- * returns the input itself when the event does not apply to the current phase (a late progress report for an image
- * that is already Ready, a failure after deletion started), so writers can skip no-op writes.
+ * Image status: the type (exactly the contract's fields, plus ours: `checksums`, `attempts`, `failure`,
+ * `originalFormat`), its schema, and pure transitions. A transition takes a status and returns the next one; it
+ * never mutates its input, and returns the input itself when the event does not apply to the current phase (a late
+ * progress report for an image that is already Ready, a failure after deletion started), so writers can skip no-op
+ * writes.
  *
  * Phase machine (contract "Lifecycle rules"):
  *
@@ -135,6 +136,8 @@ export interface ImageStatus {
   attempts?: number;
   /** Ours: the last failure; cleared once Ready. */
   failure?: ImageFailure;
+  /** Ours: the format the disk arrived in when the importer converted it (`format` is the stored one). */
+  originalFormat?: ImageFormat;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -183,6 +186,7 @@ export const imageStatusSchema = z.strictObject({
   checksums: z.strictObject({ sha256: z.string().regex(/^[0-9a-f]{64}$/).optional() }).optional(),
   attempts: z.number().int().min(0).optional(),
   failure: z.strictObject({ reason: z.string().min(1), message: z.string(), retryable: z.boolean() }).optional(),
+  originalFormat: z.enum(IMAGE_FORMATS).optional(),
 }) satisfies z.ZodType<ImageStatus>;
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -472,6 +476,8 @@ export interface ReadyResult {
   sha256?: string;
   /** Average throughput of the successful attempt; default: the last reported average. */
   avgBps?: number;
+  /** The format the disk arrived in, when it was converted to `format`. */
+  originalFormat?: ImageFormat;
 }
 
 /** The manifest is in DVCR: Ready, `"100%"`, sizes, format, cdrom (exactly when iso), average speed only. */
@@ -484,7 +490,7 @@ export function onReady(status: ImageStatus, result: ReadyResult, opts: Transiti
     now,
   );
   const next: ImageStatus = {
-    ...without(status, 'failure', 'imageUploadURLs', 'downloadSpeed'),
+    ...without(status, 'failure', 'imageUploadURLs', 'downloadSpeed', 'originalFormat'),
     phase: 'Ready',
     progress: PROGRESS_DONE,
     size: {
@@ -504,6 +510,7 @@ export function onReady(status: ImageStatus, result: ReadyResult, opts: Transiti
       : avgOnly(status.downloadSpeed);
   if (speed) next.downloadSpeed = speed;
   if (result.sha256 !== undefined) next.checksums = { ...status.checksums, sha256: result.sha256.toLowerCase() };
+  if (result.originalFormat !== undefined) next.originalFormat = result.originalFormat;
   return next;
 }
 

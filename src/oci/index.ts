@@ -42,4 +42,19 @@ export { digestOf, parseDigest, DigestCounter } from './digest.ts';
 export type { BlobSource, UploadOptions, UploadResult } from './blob-upload.ts';
 export type { BlobReadOptions } from './blob-reader.ts';
 export type { HostOptions, TransportOptions } from './transport.ts';
+export {
+  AddressPolicy,
+  classifyAddress,
+  cidrContains,
+  embeddedV4,
+  guardedConnector,
+  guardedLookup,
+  parseCidr,
+  parseCidrList,
+  parseIp,
+  type AddressCategory,
+  type AddressVerdict,
+  type Cidr,
+  type IpAddress,
+} from './address-policy.ts';
 export { parseDockerConfig, readDockerConfigFile, credentialsFromMap, credentialsForHost, authKeyHost } from './dockerconfig.ts';

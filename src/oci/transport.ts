@@ -19,6 +19,7 @@ import {
   type CredentialProvider,
   type HostAuth,
 } from './auth.ts';
+import { guardedConnector, type AddressPolicy } from './address-policy.ts';
 import { parseChallenges } from './challenge.ts';
 import { OciError, errorFromNetwork, errorFromResponse } from './errors.ts';
 import { HostLimiter } from './limiter.ts';
@@ -45,6 +46,12 @@ export interface TransportOptions {
   headersTimeoutMs?: number;
   /** Longest pause between body bytes. Default 5 min. */
   bodyTimeoutMs?: number;
+  /**
+   * Which addresses may be connected to (SSRF guard for source registries; not for DVCR): checked after DNS
+   * resolution for every host reached (the registry, its token realm, redirect targets). A refused address is
+   * a permanent `SOURCE_ADDRESS_REFUSED` error before any connection. Default: no check.
+   */
+  addressPolicy?: AddressPolicy;
 }
 
 export type Body = string | Uint8Array | Readable | AsyncIterable<Uint8Array>;
@@ -98,6 +105,7 @@ export class Transport {
   private readonly userAgent: string;
   private readonly headersTimeout: number;
   private readonly bodyTimeout: number;
+  private readonly addressPolicy: AddressPolicy | undefined;
 
   constructor(opts: TransportOptions = {}) {
     this.credentials = opts.credentials ?? anonymous;
@@ -107,6 +115,7 @@ export class Transport {
     this.userAgent = opts.userAgent ?? DEFAULT_UA;
     this.headersTimeout = opts.headersTimeoutMs ?? 60_000;
     this.bodyTimeout = opts.bodyTimeoutMs ?? 300_000;
+    this.addressPolicy = opts.addressPolicy;
   }
 
   isInsecure(registry: string): boolean {
@@ -120,8 +129,9 @@ export class Transport {
     if (!a) {
       const ca = this.hostOptions[host]?.ca;
       const insecure = this.isInsecure(host);
+      const tls = { rejectUnauthorized: !insecure, ...(ca ? { ca } : {}) };
       a = new Agent({
-        connect: { rejectUnauthorized: !insecure, ...(ca ? { ca } : {}) },
+        connect: this.addressPolicy ? guardedConnector(this.addressPolicy, tls) : tls,
         headersTimeout: this.headersTimeout,
         bodyTimeout: this.bodyTimeout,
         keepAliveTimeout: 30_000,

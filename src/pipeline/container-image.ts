@@ -60,6 +60,7 @@ export async function importContainerImage(
             // Fires when the extraction fails after the disk started streaming (e.g. a second disk file below).
             signal: entrySignal,
             log: hooks.log,
+            ...(task.convertTo ? { convertTo: task.convertTo } : {}),
           },
         ),
       {

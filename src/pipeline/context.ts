@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { dvcrHost, effectiveInsecureRegistries, type Config } from '../config.ts';
 import {
+  AddressPolicy,
   credentialsForHost,
   credentialsFromMap,
   OciError,
@@ -19,6 +20,8 @@ import {
 export interface PipelineLimits {
   maxVirtualSize: number;
   probeSampleBytes: number;
+  /** Wall-clock limit of one `qemu-img convert` (CONVERT_TIMEOUT); default src/disk/convert.ts's. */
+  convertTimeoutMs?: number;
 }
 
 export interface PipelineContext {
@@ -31,6 +34,8 @@ export interface PipelineContext {
   insecureRegistries: string[];
   /** A download that receives nothing for this long fails. */
   idleTimeoutMs: number;
+  /** Which addresses sources may be fetched from (SOURCE_ALLOW_CIDRS): for source clients, never DVCR. */
+  sourceAddressPolicy: AddressPolicy;
   close(): Promise<void>;
 }
 
@@ -88,6 +93,7 @@ export async function createDvcrClient(config: Config): Promise<RegistryClient> 
 export async function createPipelineContext(config: Config): Promise<PipelineContext> {
   const insecureRegistries = effectiveInsecureRegistries(config);
   const dvcr = await createDvcrClient(config);
+  const sourceAddressPolicy = new AddressPolicy(config.sourceAllowCidrs);
   return {
     dvcr,
     async sourceClient({ pullSecret, caBundle, registry }) {
@@ -104,11 +110,17 @@ export async function createPipelineContext(config: Config): Promise<PipelineCon
         hosts: ca ? { [registry.toLowerCase()]: { ca } } : {},
         maxConcurrentPerHost: config.registryConcurrency,
         bodyTimeoutMs: config.idleTimeout,
+        addressPolicy: sourceAddressPolicy,
       });
     },
-    limits: { maxVirtualSize: config.maxVirtualSize, probeSampleBytes: config.probeSampleSize },
+    limits: {
+      maxVirtualSize: config.maxVirtualSize,
+      probeSampleBytes: config.probeSampleSize,
+      convertTimeoutMs: config.convertTimeout,
+    },
     insecureRegistries,
     idleTimeoutMs: config.idleTimeout,
+    sourceAddressPolicy,
     tmpDir: process.env.DVCR_IMPORTER_TMPDIR ?? tmpdir(),
     close: () => dvcr.close(),
   };

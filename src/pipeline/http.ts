@@ -24,6 +24,7 @@ export async function importHttp(
     ...(source.checksums ? { checksums: source.checksums } : {}),
     insecure: ctx.insecureRegistries.includes(host),
     idleTimeoutMs: ctx.idleTimeoutMs,
+    addressPolicy: ctx.sourceAddressPolicy,
     ...(hooks.signal ? { signal: hooks.signal } : {}),
     onBytes: (n, total) => {
       bytesDone = n;
@@ -41,6 +42,7 @@ export async function importHttp(
       tmpDir: ctx.tmpDir,
       ...(hooks.signal ? { signal: hooks.signal } : {}),
       ...(hooks.log ? { log: hooks.log } : {}),
+      ...(task.convertTo ? { convertTo: task.convertTo } : {}),
     },
   );
   return { stored, sourceBytes: bytesDone };

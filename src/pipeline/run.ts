@@ -3,6 +3,8 @@ import { commitImage, formatTarget } from '../dvcr/image.ts';
 import type { PipelineContext } from './context.ts';
 import { importContainerImage, type RunHooks } from './container-image.ts';
 import { importHttp } from './http.ts';
+import { importObjectRef } from './object-ref.ts';
+import { importUpload } from './upload.ts';
 import type { ImportOutcome, ImportTask } from './types.ts';
 
 export type { RunHooks } from './container-image.ts';
@@ -18,6 +20,12 @@ export async function runImport(task: ImportTask, ctx: PipelineContext, hooks: R
     case 'HTTP':
       result = await importHttp({ ...task, source }, ctx, hooks);
       break;
+    case 'Upload':
+      result = await importUpload({ ...task, source }, ctx, hooks);
+      break;
+    case 'ObjectRef':
+      result = await importObjectRef({ ...task, source }, ctx, hooks);
+      break;
     default: {
       const never: never = source;
       throw new Error(`unsupported source ${JSON.stringify(never)}`);
@@ -31,7 +39,12 @@ export async function runImport(task: ImportTask, ctx: PipelineContext, hooks: R
     ctx.dvcr,
     task.target,
     stored.layer,
-    { storedBytes: stored.storedBytes, virtualSize: stored.virtualSize, format: stored.format },
+    {
+      storedBytes: stored.storedBytes,
+      virtualSize: stored.virtualSize,
+      format: stored.format,
+      ...(stored.extraLabels ? { extraLabels: stored.extraLabels } : {}),
+    },
     hooks.signal,
   );
   hooks.log?.(`committed ${formatTarget(task.target)} (${manifestDigest})`);
@@ -48,5 +61,6 @@ export async function runImport(task: ImportTask, ctx: PipelineContext, hooks: R
     manifestDigest,
     registryURL: formatTarget(task.target),
     durationMs: Date.now() - started,
+    ...(stored.originalFormat ? { originalFormat: stored.originalFormat } : {}),
   };
 }

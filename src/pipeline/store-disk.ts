@@ -9,6 +9,10 @@
  * not known before the end, but the layer's tar header needs it first: the unwrapped bytes then go through one
  * scratch file that is always removed (the only case where a whole disk touches local storage). An
  * uncompressed disk of known length streams straight through.
+ *
+ * With a conversion target (ours: `spec.conversion.format` or CONVERT_TO) the disk is spooled too, unless its
+ * head already shows the target format or an ISO, and converted into one more scratch file
+ * (./convert-disk.ts); the spool goes as soon as the converted copy exists, and both are removed at the end.
  */
 import { once } from 'node:events';
 import { createReadStream, createWriteStream } from 'node:fs';
@@ -22,10 +26,12 @@ import { assertSafeDisk, assertVirtualSize } from '../disk/format.ts';
 import { probeImage } from '../disk/probe.ts';
 import { ProbeSample } from '../disk/sample.ts';
 import { unwrap } from '../disk/unwrap.ts';
-import type { LayerDescriptor } from '../dvcr/image.ts';
+import type { ConvertTarget } from '../disk/convert.ts';
+import { Labels, type LayerDescriptor } from '../dvcr/image.ts';
 import { diskLayer, layerSize } from '../dvcr/layer.ts';
 import type { RegistryClient } from '../oci/index.ts';
 import type { PipelineLimits } from './context.ts';
+import { conversionNeeded, convertSpooled, type ConvertedStep } from './convert-disk.ts';
 
 export interface DiskInput {
   /** File name as found (`ubuntu.qcow2.xz`); compression suffixes are dropped when unwrapped. */
@@ -38,12 +44,17 @@ export interface DiskInput {
 export interface StoredDisk {
   layer: LayerDescriptor;
   fileName: string;
+  /** The stored file's format (after a conversion: the target format). */
   format: string;
   virtualSize: number;
   storedBytes: number;
   sha256: string;
   /** Compression layers removed, innermost first. */
   compression: string[];
+  /** Set when the disk was converted: the format it arrived in. */
+  originalFormat?: string;
+  /** Config labels of ours beyond the standard ones (e.g. the original format after a conversion). */
+  extraLabels?: Record<string, string>;
 }
 
 export interface StoreDiskOptions {
@@ -54,6 +65,8 @@ export interface StoreDiskOptions {
   tmpDir: string;
   signal?: AbortSignal;
   log?: (line: string) => void;
+  /** Ours: convert the disk to this format (skipped when it already has it, and for an ISO). */
+  convertTo?: ConvertTarget;
 }
 
 const COMPRESSION_SUFFIX = /\.(gz|gzip|xz|zst|zstd|bz2)$/i;
@@ -75,6 +88,14 @@ async function spool(stream: Readable, dir: string, signal?: AbortSignal): Promi
     return { path, size: (await stat(path)).size, remove };
   } catch (e) {
     await remove();
+    if ((e as { code?: string }).code === 'ENOSPC') {
+      // The worker's own disk, not DVCR: another attempt (maybe on another node) may have room.
+      throw new DiskError(`the worker's scratch folder ran out of space spooling the disk: ${(e as Error).message}`, {
+        reason: 'NoScratchSpace',
+        permanent: false,
+        cause: e,
+      });
+    }
     throw e;
   }
 }
@@ -84,28 +105,47 @@ export async function storeDisk(input: DiskInput, opts: StoreDiskOptions): Promi
   const unwrapped = await unwrap(input.stream, { signal });
   let disk = unwrapped.stream;
   let size = input.size;
-  let removeScratch: (() => Promise<void>) | undefined;
-  const fileName = unwrappedName(input.name, unwrapped.compression.length);
+  // Scratch folders to remove at the end, whatever happens (the spool, a converted copy).
+  const scratch: Array<() => Promise<void>> = [];
+  let fileName = unwrappedName(input.name, unwrapped.compression.length);
+  let converted: ConvertedStep | undefined;
   try {
-    if (unwrapped.compression.length > 0 || size === undefined) {
+    const convertTo = opts.convertTo && (await conversionNeeded(disk, opts.convertTo, fileName, opts.log));
+    if (unwrapped.compression.length > 0 || size === undefined || convertTo) {
       // The layer's tar header needs the length first: unknown (no Content-Length, or compressed) means one
-      // pass into a scratch file.
+      // pass into a scratch file. A conversion needs the whole file too (random access).
       if (unwrapped.compression.length > 0) {
         opts.log?.(`disk file ${input.name} is ${unwrapped.compression.join(' in ')}-compressed: unwrapping`);
       }
       const s = await spool(disk, opts.tmpDir, signal);
-      removeScratch = s.remove;
+      scratch.push(s.remove);
       size = s.size;
-      disk = createReadStream(s.path, { highWaterMark: 1 << 20 });
+      let path = s.path;
+      if (convertTo && size > 0) {
+        converted = await convertSpooled(s.path, s.size, convertTo, fileName, opts);
+        if (converted) {
+          scratch.push(converted.remove);
+          // The unconverted copy is no longer needed: free its space before the upload.
+          await s.remove();
+          ({ path, size, fileName } = converted);
+        }
+      }
+      disk = createReadStream(path, { highWaterMark: 1 << 20 });
     }
     if (size === undefined) throw new Error('storeDisk: unreachable: size unknown after spooling');
     if (size === 0) {
       throw new DiskError(`the disk file ${fileName} is empty (0 bytes)`, { reason: 'NotADiskImage', permanent: true });
     }
-    return await streamIntoDvcr(disk, fileName, size, unwrapped.compression, opts);
+    const stored = await streamIntoDvcr(disk, fileName, size, unwrapped.compression, opts);
+    if (!converted) return stored;
+    return {
+      ...stored,
+      originalFormat: converted.originalFormat,
+      extraLabels: { [Labels.originalFormat]: converted.originalFormat },
+    };
   } finally {
     disk.destroy();
-    await removeScratch?.();
+    for (const remove of scratch) await remove();
   }
 }
 

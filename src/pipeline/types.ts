@@ -4,6 +4,7 @@
  * (credentials are referenced by name and resolved inside the thread).
  */
 import type { DvcrTarget } from '../dvcr/image.ts';
+import type { MessagePort } from 'node:worker_threads';
 
 export type ImportSource =
   | {
@@ -24,6 +25,36 @@ export type ImportSource =
       caBundle?: string;
       /** Hex digests over the bytes as delivered; every one given must match. */
       checksums?: Partial<Record<'md5' | 'sha1' | 'sha256' | 'sha512', string>>;
+    }
+  | {
+      type: 'Upload';
+      /**
+       * Where the upload's request body arrives from the API thread (src/sources/upload.ts has the protocol:
+       * transferred chunks, acknowledged as they are consumed). Must be in the task's `transferList`.
+       */
+      body: MessagePort;
+      /** Content-Length of the upload, when the client sent one. */
+      size?: number;
+      /** Hex digests over the bytes as sent (spec.dataSource.upload.checksum); every one given must match. */
+      checksums?: Partial<Record<'md5' | 'sha1' | 'sha256' | 'sha512', string>>;
+    }
+  | {
+      /**
+       * A copy of another image already in DVCR (resolved Ready by the control plane): the layer is mounted
+       * across repositories, config and manifest are written fresh. The facts are the source's status.
+       */
+      type: 'ObjectRef';
+      /** `ClusterVirtualImage "base"` / `VirtualImage "ns/base"`, for messages. */
+      ref: string;
+      /** The source's `status.target.registryURL`: `host/repo:tag` in DVCR. */
+      registryURL: string;
+      format: string;
+      storedBytes: number;
+      virtualSize: number;
+      /** The source's `status.checksums.sha256` (empty when it has none). */
+      sha256: string;
+      /** The source's `status.originalFormat`, when it was converted. */
+      originalFormat?: string;
     };
 
 export interface ImportTask {
@@ -31,6 +62,8 @@ export interface ImportTask {
   imageRef: string;
   source: ImportSource;
   target: DvcrTarget;
+  /** Ours: convert the disk to this format (spec.conversion.format, else CONVERT_TO); unset = keep it. */
+  convertTo?: 'qcow2' | 'raw';
 }
 
 export type ImportStage = 'Resolving' | 'Transferring' | 'Probing' | 'Committing';
@@ -61,6 +94,8 @@ export interface ImportOutcome {
   /** `host/repo:tag` in DVCR. */
   registryURL: string;
   durationMs: number;
+  /** The format the disk arrived in, when it was converted (`format` is the stored one). */
+  originalFormat?: string;
 }
 
 export type FailureClass = 'transient' | 'rate-limited' | 'permanent' | 'cancelled';

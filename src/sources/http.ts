@@ -25,6 +25,7 @@ import { Agent, request, type Dispatcher } from 'undici';
 import { algorithmsFor, HASH_ALGORITHMS, HASH_HEX_LENGTH, MultiHash, verifyChecksums, type Checksums } from '../disk/checksum.ts';
 import { DiskError } from '../disk/errors.ts';
 import { sniffCompression } from '../disk/sniff.ts';
+import { guardedConnector, type AddressPolicy } from '../oci/address-policy.ts';
 import { OciError } from '../oci/errors.ts';
 import { isDrop, networkError, parseSourceUrl, redactUrl, statusError } from './http-errors.ts';
 import {
@@ -56,6 +57,12 @@ export interface HttpSourceOptions {
   idleTimeoutMs?: number;
   /** Default 10. */
   maxRedirects?: number;
+  /**
+   * Which addresses may be connected to (SSRF guard), checked after DNS resolution for the first host and every
+   * redirect target; a refused one fails the download with a permanent `SOURCE_ADDRESS_REFUSED` before any
+   * connection is made. Undefined: no check (the pipeline always passes one).
+   */
+  addressPolicy?: AddressPolicy;
   /** Resumes (Range requests after a dropped connection) per download. Default 10. */
   maxResumes?: number;
   signal?: AbortSignal;
@@ -117,10 +124,12 @@ class Dispatchers {
   readonly #ca: string[] | undefined;
   readonly #insecureHost: string | undefined;
   readonly #timeoutMs: number;
+  readonly #policy: AddressPolicy | undefined;
   #verifying: Agent | undefined;
   #unverified: Agent | undefined;
 
-  constructor(opts: { caBundle: string | undefined; insecureHost: string | undefined; timeoutMs: number }) {
+  constructor(opts: { caBundle: string | undefined; insecureHost: string | undefined; timeoutMs: number; policy?: AddressPolicy | undefined }) {
+    this.#policy = opts.policy;
     this.#ca = opts.caBundle ? [...rootCertificates, opts.caBundle] : undefined;
     this.#insecureHost = opts.insecureHost;
     this.#timeoutMs = opts.timeoutMs;
@@ -133,8 +142,9 @@ class Dispatchers {
   }
 
   #agent(verify: boolean): Agent {
+    const tls = { rejectUnauthorized: verify, ...(verify && this.#ca ? { ca: this.#ca } : {}) };
     return new Agent({
-      connect: { rejectUnauthorized: verify, ...(verify && this.#ca ? { ca: this.#ca } : {}) },
+      connect: this.#policy ? guardedConnector(this.#policy, tls) : tls,
       // Waiting for the head and for each body chunk are both idle time; undici does not count the time the
       // body is paused because its reader is slow.
       headersTimeout: this.#timeoutMs,
@@ -482,6 +492,7 @@ export async function openHttpSource(opts: HttpSourceOptions): Promise<HttpDownl
     caBundle: opts.caBundle,
     insecureHost: opts.insecure ? start.host : undefined,
     timeoutMs: s.idleTimeoutMs,
+    policy: opts.addressPolicy,
   });
   let reader: RangeReader | undefined;
   let stream: DownloadStream | undefined;

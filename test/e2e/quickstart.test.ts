@@ -36,6 +36,8 @@ describe('README quick start', () => {
       expect(rows.map((r) => r.split(/\s+/)[1])).toEqual(expect.arrayContaining(['Pending', 'Provisioning', 'Ready']));
       expect(rows.at(-1)).toMatch(/^demo-disk\s+Ready\s+false\s+100%\s+\d+s$/);
 
+      // The embedded registry is on loopback: `up` allows loopback sources (SSRF guard) and says so.
+      expect(out).toMatch(/^ {2}Sources: public addresses and 127\.0\.0\.0\/8, ::1\/128 +\(loopback allowed for the embedded registry/m);
       const api = /API: +(http:\/\/127\.0\.0\.1:\d+)/.exec(out)?.[1];
       expect(api).toBeDefined();
       const { stdout } = await run(process.execPath, [BIN, 'get', 'cvi', 'demo-disk', '-o', 'json', '--server', api!]);

@@ -92,6 +92,8 @@ export interface TestHttpServer {
   status(path: string, status: number, opts?: StatusOptions): void;
   /** Connections currently open. */
   openConnections(): number;
+  /** Connections accepted since the start (a client refused before connecting adds none). */
+  connectionsAccepted(): number;
   close(): Promise<void>;
 }
 
@@ -245,11 +247,12 @@ async function serveFile(route: Extract<Route, { kind: 'file' }>, req: IncomingM
   await sendBody(res, body, log, { bytesPerSecond: o.bytesPerSecond, stall: o.stall, dropAfter, closeAtEnd });
 }
 
-export async function startHttpServer(opts: { tls?: { key: string; cert: string } } = {}): Promise<TestHttpServer> {
+export async function startHttpServer(opts: { tls?: { key: string; cert: string }; /** Default 127.0.0.1. */ host?: string } = {}): Promise<TestHttpServer> {
   const routes = new Map<string, Route>();
   const faults = new Map<string, Fault>();
   const requests: LoggedRequest[] = [];
   const sockets = new Set<Socket>();
+  let accepted = 0;
 
   const handler = (req: IncomingMessage, res: ServerResponse): void => {
     const url = req.url ?? '/';
@@ -301,14 +304,16 @@ export async function startHttpServer(opts: { tls?: { key: string; cert: string 
     : createHttpServer(handler);
   server.on('connection', (s: Socket) => {
     sockets.add(s);
+    accepted++;
     s.on('close', () => sockets.delete(s));
   });
   // TLS handshakes that fail (a client refusing our certificate) must not crash the test process.
   server.on('tlsClientError', () => undefined);
-  server.listen(0, '127.0.0.1');
+  const host = opts.host ?? '127.0.0.1';
+  server.listen(0, host);
   await once(server, 'listening');
   const port = (server.address() as AddressInfo).port;
-  const url = `${opts.tls ? 'https' : 'http'}://127.0.0.1:${port}`;
+  const url = `${opts.tls ? 'https' : 'http'}://${host.includes(':') ? `[${host}]` : host}:${port}`;
 
   return {
     url,
@@ -326,6 +331,7 @@ export async function startHttpServer(opts: { tls?: { key: string; cert: string 
       else routes.set(path, { kind: 'status', status, opts: o });
     },
     openConnections: () => sockets.size,
+    connectionsAccepted: () => accepted,
     async close() {
       for (const s of sockets) s.destroy();
       server.close();

@@ -16,6 +16,9 @@ import { startWorker, type RunningImportWorker } from '../../workers/import-work
 import type { RegistryClient } from '../../src/oci/index.ts';
 import type { Redis } from 'ioredis';
 
+/** SOURCE_ALLOW_CIDRS for tests whose sources are on loopback. */
+export const LOOPBACK_CIDRS = '127.0.0.0/8,::1/128';
+
 export interface ImportStack {
   config: Config;
   service: ImageService;
@@ -40,6 +43,8 @@ export async function startImportStack(overrides: Partial<Record<keyof Config, u
       redisPrefix: `{t${randomBytes(4).toString('hex')}}`,
       dvcrUrl: inject('registryUrl'),
       insecureRegistries: registryHostPort,
+      // The test servers are on loopback, which sources may not reach by default (SSRF guard).
+      sourceAllowCidrs: LOOPBACK_CIDRS,
       logLevel: process.env.TEST_LOG_LEVEL ?? 'silent',
       ...overrides,
     },

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { buildImageLayout } from '../helpers/fixtures.ts';
 import { skopeoCopy } from '../helpers/skopeo.ts';
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.ts';
-import { startImportStack, type ImportStack } from '../helpers/import-stack.ts';
+import { LOOPBACK_CIDRS, startImportStack, type ImportStack } from '../helpers/import-stack.ts';
 
 const BIN = new URL('../../bin/dvcr-importer.js', import.meta.url).pathname;
 
@@ -30,6 +30,7 @@ describe('worker crash', () => {
         REDIS_PREFIX: c.redisPrefix,
         DVCR_URL: c.dvcrUrl,
         INSECURE_REGISTRIES: `${stack.registryHostPort},${proxy.hostPort}`,
+        SOURCE_ALLOW_CIDRS: LOOPBACK_CIDRS,
         JOB_LOCK_DURATION: '3s',
         WORKER_CONCURRENCY: '1',
         LOG_LEVEL: 'warn',

@@ -135,6 +135,16 @@ describe('parseImageManifest: accepted manifests', () => {
     });
   });
 
+  it('spec.conversion (ours) is kept for both kinds', () => {
+    expect(parseImageManifest(cvi({ dataSource: { type: 'Upload' }, conversion: { format: 'qcow2' } })).spec).toEqual({
+      dataSource: { type: 'Upload' },
+      conversion: { format: 'qcow2' },
+    });
+    expect(parseImageManifest(vi({ dataSource: { type: 'Upload' }, conversion: { format: 'raw' } })).spec.conversion).toEqual({
+      format: 'raw',
+    });
+  });
+
   it('VirtualImage without namespace takes defaultNamespace', () => {
     const m = parseImageManifest(vi({ dataSource: { type: 'Upload' } }, { name: 'x' }), { defaultNamespace: 'dev' });
     expect(m.metadata).toEqual({ name: 'x', namespace: 'dev' });
@@ -378,6 +388,18 @@ describe('parseImageManifest: rejected manifests name the field and the fix', ()
       ['spec.dataSource.objectRef.kind "VirtualDisk": must be one of ClusterVirtualImage, VirtualImage'],
     ],
     [
+      'a conversion format we do not write',
+      cvi({ dataSource: { type: 'Upload' }, conversion: { format: 'vmdk' } }),
+      ['spec.conversion.format "vmdk": must be one of qcow2, raw'],
+    ],
+    [
+      'a conversion on an ObjectRef copy',
+      cvi({ dataSource: { type: 'ObjectRef', objectRef: { kind: 'ClusterVirtualImage', name: 'base' } }, conversion: { format: 'raw' } }),
+      [
+        'spec.conversion: does not apply to an ObjectRef source: the referenced image is copied as it is (its layer is mounted in DVCR); remove conversion',
+      ],
+    ],
+    [
       'a CVI referring to a VI without namespace',
       cvi({ dataSource: { type: 'ObjectRef', objectRef: { kind: 'VirtualImage', name: 'src' } } }),
       ['spec.dataSource.objectRef.namespace: is required to refer to a VirtualImage from a ClusterVirtualImage'],
@@ -419,7 +441,7 @@ describe('parseImageManifest: rejected manifests name the field and the fix', ()
     [
       'storage on a CVI',
       cvi({ storage: 'ContainerRegistry', dataSource: { type: 'Upload' } }),
-      ['spec.storage: unknown field; known fields here: dataSource'],
+      ['spec.storage: unknown field; known fields here: dataSource, conversion'],
     ],
     [
       'an unknown top-level field',

@@ -140,6 +140,12 @@ describe('lifecycle', () => {
     }
   });
 
+  it('originalFormat (ours) is set when the disk was converted, and absent otherwise', () => {
+    const converted = valid(onReady(provisioning(), { ...READY, format: 'qcow2', originalFormat: 'raw' }));
+    expect(converted).toMatchObject({ format: 'qcow2', originalFormat: 'raw' });
+    expect(valid(onReady(provisioning(), READY)).originalFormat).toBeUndefined();
+  });
+
   it('Ready keeps the last average speed when the result has none', () => {
     let s = onProgress(provisioning(), { bytesDone: 5, bytesTotal: 10, currentBps: 10, avgBps: 2048 });
     s = onReady(s, { ...READY, avgBps: undefined });
