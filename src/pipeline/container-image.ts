@@ -4,7 +4,7 @@
  * against its digest while it streams; progress counts compressed layer bytes read.
  */
 import { extractContainerDisk, type LayerSource } from '../sources/container-disk.ts';
-import { formatReference, parsePlatform, parseReference, type RegistryClient } from '../oci/index.ts';
+import { formatReference, parsePlatform, parseReference } from '../oci/index.ts';
 import type { PipelineContext } from './context.ts';
 import { storeDisk, type StoredDisk } from './store-disk.ts';
 import type { ImportSource, ImportTask, PipelineProgress } from './types.ts';
@@ -29,7 +29,7 @@ export async function importContainerImage(
   const ref = parseReference(task.source.image);
   const platform = parsePlatform(task.source.platform ?? 'linux/amd64');
   hooks.onProgress?.({ stage: 'Resolving', bytesDone: 0 });
-  const client: RegistryClient = await ctx.sourceClient({
+  const { client, release } = await ctx.sourceClient({
     registry: ref.registry,
     pullSecret: task.source.pullSecret,
     caBundle: task.source.caBundle,
@@ -73,6 +73,6 @@ export async function importContainerImage(
     );
     return { stored: result, sourceBytes: bytesDone };
   } finally {
-    await client.close();
+    await release();
   }
 }
