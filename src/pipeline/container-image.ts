@@ -6,7 +6,7 @@
 import { extractContainerDisk, type LayerSource } from '../sources/container-disk.ts';
 import { formatReference, parsePlatform, parseReference } from '../oci/index.ts';
 import type { PipelineContext } from './context.ts';
-import { storeDisk, type StoredDisk } from './store-disk.ts';
+import { storeDisk, storeOptionsFor, type StoredDisk } from './store-disk.ts';
 import type { ImportSource, ImportTask, PipelineProgress } from './types.ts';
 
 export interface RunHooks {
@@ -51,17 +51,8 @@ export async function importContainerImage(
       (entry, entrySignal) =>
         storeDisk(
           { name: entry.name, size: entry.size, stream: entry.stream },
-          {
-            dvcr: ctx.dvcr,
-            registry: task.target.registry,
-            repository: task.target.repository,
-            limits: ctx.limits,
-            tmpDir: ctx.tmpDir,
-            // Fires when the extraction fails after the disk started streaming (e.g. a second disk file below).
-            signal: entrySignal,
-            log: hooks.log,
-            ...(task.convertTo ? { convertTo: task.convertTo } : {}),
-          },
+          // entrySignal fires when the extraction fails after the disk started streaming (a second disk file below).
+          storeOptionsFor(task, ctx, { signal: entrySignal, log: hooks.log }),
         ),
       {
         signal,

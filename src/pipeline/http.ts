@@ -6,7 +6,7 @@
 import { openHttpSource } from '../sources/http.ts';
 import type { PipelineContext } from './context.ts';
 import type { RunHooks } from './container-image.ts';
-import { storeDisk, type StoredDisk } from './store-disk.ts';
+import { storeDisk, storeOptionsFor, type StoredDisk } from './store-disk.ts';
 import type { ImportSource, ImportTask } from './types.ts';
 
 export async function importHttp(
@@ -34,16 +34,7 @@ export async function importHttp(
   hooks.log?.(`downloading ${download.url} (${download.size ?? 'unknown'} bytes)`);
   const stored = await storeDisk(
     { name: download.name, size: download.size, stream: download.stream },
-    {
-      dvcr: ctx.dvcr,
-      registry: task.target.registry,
-      repository: task.target.repository,
-      limits: ctx.limits,
-      tmpDir: ctx.tmpDir,
-      ...(hooks.signal ? { signal: hooks.signal } : {}),
-      ...(hooks.log ? { log: hooks.log } : {}),
-      ...(task.convertTo ? { convertTo: task.convertTo } : {}),
-    },
+    storeOptionsFor(task, ctx, hooks),
   );
   return { stored, sourceBytes: bytesDone };
 }

@@ -30,7 +30,8 @@ import type { ConvertTarget } from '../disk/convert.ts';
 import { Labels, type LayerDescriptor } from '../dvcr/image.ts';
 import { diskLayer, layerSize } from '../dvcr/layer.ts';
 import type { RegistryClient } from '../oci/index.ts';
-import type { PipelineLimits } from './context.ts';
+import type { PipelineContext, PipelineLimits } from './context.ts';
+import type { ImportTask } from './types.ts';
 import { conversionNeeded, convertSpooled, type ConvertedStep } from './convert-disk.ts';
 
 export interface DiskInput {
@@ -98,6 +99,24 @@ async function spool(stream: Readable, dir: string, signal?: AbortSignal): Promi
     }
     throw e;
   }
+}
+
+/** The options every source passes to `storeDisk`: its DVCR target, the context's limits, the task's conversion. */
+export function storeOptionsFor(
+  task: Pick<ImportTask, 'target' | 'convertTo'>,
+  ctx: Pick<PipelineContext, 'dvcr' | 'limits' | 'tmpDir'>,
+  hooks: { signal?: AbortSignal | undefined; log?: ((line: string) => void) | undefined },
+): StoreDiskOptions {
+  return {
+    dvcr: ctx.dvcr,
+    registry: task.target.registry,
+    repository: task.target.repository,
+    limits: ctx.limits,
+    tmpDir: ctx.tmpDir,
+    ...(hooks.signal ? { signal: hooks.signal } : {}),
+    ...(hooks.log ? { log: hooks.log } : {}),
+    ...(task.convertTo ? { convertTo: task.convertTo } : {}),
+  };
 }
 
 export async function storeDisk(input: DiskInput, opts: StoreDiskOptions): Promise<StoredDisk> {

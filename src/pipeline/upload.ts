@@ -6,7 +6,7 @@
 import { openUploadSource } from '../sources/upload.ts';
 import type { PipelineContext } from './context.ts';
 import type { RunHooks } from './container-image.ts';
-import { storeDisk, type StoredDisk } from './store-disk.ts';
+import { storeDisk, storeOptionsFor, type StoredDisk } from './store-disk.ts';
 import type { ImportSource, ImportTask } from './types.ts';
 
 export async function importUpload(
@@ -27,15 +27,8 @@ export async function importUpload(
   try {
     const stored = await storeDisk(
       { name: upload.name, size: upload.size, stream: upload.stream },
-      {
-        dvcr: ctx.dvcr,
-        registry: task.target.registry,
-        repository: task.target.repository,
-        limits: ctx.limits,
-        tmpDir: ctx.tmpDir,
-        ...(hooks.signal ? { signal: hooks.signal } : {}),
-        ...(hooks.log ? { log: hooks.log } : {}),
-      },
+      // Conversion applies to uploads too (spec.conversion or CONVERT_TO).
+      storeOptionsFor(task, ctx, hooks),
     );
     return { stored, sourceBytes: upload.bytes() };
   } finally {
