@@ -226,6 +226,18 @@ spec:
     await again.body.dump();
   });
 
+  it('spec.conversion applies to uploads: a raw upload is stored as qcow2, the original format kept', async () => {
+    const manifest = cvi('convert-up');
+    (manifest.spec as Record<string, unknown>).conversion = { format: 'qcow2' };
+    await api.service.apply(manifest);
+    const url = (await get('convert-up')).status.imageUploadURLs!.external!;
+    const up = await curl(['--fail', '-T', join(work, 'd.raw'), url]).done;
+    expect(up.code).toBe(0);
+    const img = await get('convert-up');
+    expect(img.status).toMatchObject({ phase: 'Ready', format: 'qcow2', originalFormat: 'raw' });
+    expect(Number(img.status.size?.storedBytes)).toBeLessThan(8 * 1024 * 1024);
+  });
+
   it('one upload at a time (503); an interrupted upload waits again; a fresh upload then succeeds', async () => {
     await api.service.apply(cvi('interrupted'));
     const url = (await get('interrupted')).status.imageUploadURLs!.external!;
