@@ -131,11 +131,21 @@ describe('import a container image into DVCR, end to end', () => {
     expect(tags).not.toContain(object.metadata.uid);
   });
 
+  it('a 0-byte disk file: Failed at once with NotADiskImage, nothing committed', async () => {
+    const ref = await pushSource('src/empty', [{ files: [{ path: 'disk/empty.img', content: '' }] }]);
+    const { object } = await stack.service.apply(cvi('empty-disk', ref));
+    const img = await stack.waitFor('ClusterVirtualImage', 'empty-disk', ['Ready', 'Failed']);
+    expect(img.status.failure).toMatchObject({ reason: 'NotADiskImage', retryable: false });
+    expect(img.status.failure!.message).toMatch(/empty \(0 bytes\)/);
+    expect(img.status.attempts).toBe(1);
+    expect(await stack.dvcr.listTags(host, 'cvi/empty-disk').catch(() => [])).not.toContain(object.metadata.uid);
+  });
+
   it('records pool-wide statistics in Redis that /metrics renders', async () => {
     const snap = await new ImportStats(stack.redis, stack.store.prefix).snapshot();
     expect(snap.importsSucceeded).toBe(4);
     expect(snap.bytesImported).toBeGreaterThan(8 * 1024 * 1024); // the raw disk alone is 8 MiB
-    expect(snap.failures).toEqual({ NoDiskFile: 1 });
+    expect(snap.failures).toEqual({ NoDiskFile: 1, NotADiskImage: 1 });
     expect(snap.duration.count).toBe(4);
     const text = importerMetricsFrom(snap).render();
     expect(text).toMatch(/^dvcr_importer_import_failures_total\{reason="NoDiskFile"\} 1$/m);
