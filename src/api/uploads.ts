@@ -422,10 +422,12 @@ export class UploadService implements UploadLifecycle {
 
 function notWaiting(image: Image): UploadRefusal {
   const phase = image.status.phase;
-  const message =
-    phase === 'Provisioning'
-      ? 'the image is being uploaded'
-      : `the image does not wait for an upload (phase ${phase})`;
+  // Once the image is Ready, Failed or going away its URL is dead for good, whether or not the token has been
+  // revoked yet (the status is written first): that is an expired URL, 404, not a conflict.
+  if (phase !== 'Provisioning' && phase !== 'Pending') {
+    return { status: 404, code: 'NotFound', message: `this upload URL has expired (the image is ${phase})` };
+  }
+  const message = phase === 'Provisioning' ? 'the image is being uploaded' : 'the image is not waiting for an upload yet';
   return { status: 409, code: 'NotWaitingForUpload', message };
 }
 
