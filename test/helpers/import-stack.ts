@@ -29,6 +29,11 @@ export interface ImportStack {
   redis: Redis;
   registryHostPort: string;
   startWorker(opts?: { threads?: number }): RunningImportWorker;
+  /**
+   * The environment of a `dvcr-importer worker` process on this stack (Redis, prefix, DVCR, loopback sources
+   * allowed), plus `extra`; `insecureHosts` are added to INSECURE_REGISTRIES.
+   */
+  workerEnv(extra?: Record<string, string>, insecureHosts?: string[]): NodeJS.ProcessEnv;
   /** Waits until the image reaches one of `phases`; returns it. Fails with the last status on timeout. */
   waitFor(kind: ImageKind, name: string, phases: string[], timeoutMs?: number, namespace?: string): Promise<Image>;
   close(): Promise<void>;
@@ -64,6 +69,17 @@ export async function startImportStack(overrides: Partial<Record<keyof Config, u
     dvcr,
     redis,
     registryHostPort,
+    workerEnv(extra = {}, insecureHosts = []) {
+      return {
+        ...process.env,
+        REDIS_URL: config.redisUrl,
+        REDIS_PREFIX: config.redisPrefix,
+        DVCR_URL: config.dvcrUrl,
+        INSECURE_REGISTRIES: [registryHostPort, ...insecureHosts].join(','),
+        SOURCE_ALLOW_CIDRS: LOOPBACK_CIDRS,
+        ...extra,
+      };
+    },
     startWorker(opts = {}) {
       const w = startWorker({ config, logger, ...opts });
       workers.push(w);

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { buildImageLayout } from '../helpers/fixtures.ts';
 import { skopeoCopy } from '../helpers/skopeo.ts';
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.ts';
-import { LOOPBACK_CIDRS, startImportStack, type ImportStack } from '../helpers/import-stack.ts';
+import { startImportStack, type ImportStack } from '../helpers/import-stack.ts';
 
 const BIN = new URL('../../bin/dvcr-importer.js', import.meta.url).pathname;
 
@@ -22,19 +22,8 @@ describe('worker crash', () => {
   const children: ChildProcess[] = [];
 
   function workerProcess(): ChildProcess {
-    const c = stack.config;
     const child = spawn(process.execPath, [BIN, 'worker'], {
-      env: {
-        ...process.env,
-        REDIS_URL: c.redisUrl,
-        REDIS_PREFIX: c.redisPrefix,
-        DVCR_URL: c.dvcrUrl,
-        INSECURE_REGISTRIES: `${stack.registryHostPort},${proxy.hostPort}`,
-        SOURCE_ALLOW_CIDRS: LOOPBACK_CIDRS,
-        JOB_LOCK_DURATION: '3s',
-        WORKER_CONCURRENCY: '1',
-        LOG_LEVEL: 'warn',
-      },
+      env: stack.workerEnv({ JOB_LOCK_DURATION: '3s', WORKER_CONCURRENCY: '1', LOG_LEVEL: 'warn' }, [proxy.hostPort]),
       stdio: ['ignore', 'ignore', 'pipe'],
     });
     children.push(child);

@@ -13,7 +13,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { buildImageLayout } from '../helpers/fixtures.ts';
 import { skopeoCopy } from '../helpers/skopeo.ts';
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.ts';
-import { LOOPBACK_CIDRS, startImportStack, type ImportStack } from '../helpers/import-stack.ts';
+import { startImportStack, type ImportStack } from '../helpers/import-stack.ts';
 import { importJobId } from '../../queues/imports.ts';
 
 const BIN = new URL('../../bin/dvcr-importer.js', import.meta.url).pathname;
@@ -32,19 +32,8 @@ describe('worker SIGTERM', () => {
   const children: ChildProcess[] = [];
 
   function workerProcess(env: Record<string, string>): WorkerProcess {
-    const c = stack.config;
     const child = spawn(process.execPath, [BIN, 'worker'], {
-      env: {
-        ...process.env,
-        REDIS_URL: c.redisUrl,
-        REDIS_PREFIX: c.redisPrefix,
-        DVCR_URL: c.dvcrUrl,
-        INSECURE_REGISTRIES: `${stack.registryHostPort},${proxy.hostPort}`,
-        SOURCE_ALLOW_CIDRS: LOOPBACK_CIDRS,
-        JOB_LOCK_DURATION: '10s',
-        LOG_LEVEL: 'info',
-        ...env,
-      },
+      env: stack.workerEnv({ JOB_LOCK_DURATION: '10s', LOG_LEVEL: 'info', ...env }, [proxy.hostPort]),
       stdio: ['ignore', 'ignore', 'pipe'],
     });
     children.push(child);
