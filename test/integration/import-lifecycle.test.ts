@@ -108,6 +108,30 @@ describe('image lifecycle and source shapes', () => {
     );
   });
 
+  it('two workers and a burst of spec changes: one result, the newest generation wins', async () => {
+    stack.startWorker({ threads: 2 }); // a second worker racing the first for the same image's jobs
+    const refs: string[] = [];
+    const sums: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      const disk = makeDataDisk(work, `race${i}`, 2 + i, 'raw');
+      sums.push(sha256(readFileSync(disk)));
+      refs.push(await push(`src/race${i}`, { layers: [{ files: [{ path: 'disk/d.img', fromFile: disk }] }] }));
+    }
+    let uid = '';
+    for (const ref of refs) {
+      const { object } = await stack.service.apply(cvi('race', ref));
+      uid = object.metadata.uid;
+      await new Promise((r) => setTimeout(r, 30));
+    }
+    const img = await stack.waitFor('ClusterVirtualImage', 'race', ['Ready', 'Failed']);
+    expect(img.status).toMatchObject({ phase: 'Ready', observedGeneration: 4, checksums: { sha256: sums[3] } });
+    expect(await stack.dvcr.listTags(host, 'cvi/race')).toEqual([uid]);
+    // What DVCR holds is the newest generation's disk, whatever the older jobs did meanwhile.
+    const cfg = await skopeoInspectConfig(`docker://${img.status.target!.registryURL}`);
+    expect((cfg.config as { Labels: Record<string, string> }).Labels['source-image-size']).toBe(String(5 * 1024 * 1024));
+    for (let g = 1; g <= 3; g++) expect(['completed', 'failed', undefined]).toContain(await stack.queue.state(`${uid}-g${g}`));
+  });
+
   it('delete: Terminating, the DVCR tag goes, then the object', async () => {
     const disk = makeDataDisk(work, 'del', 1, 'raw');
     const ref = await push('src/del', { layers: [{ files: [{ path: 'disk/d.img', fromFile: disk }] }] });
