@@ -16,6 +16,7 @@ import {
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { makeLuksQcow2 } from '../helpers/fixtures.ts';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -87,19 +88,7 @@ beforeAll(() => {
   qemuImg('convert', '-q', '-f', 'raw', '-O', 'qcow2', 'disk.raw', 'converted.qcow2');
   qemuImg('create', '-q', '-f', 'qcow2', '-b', 'v3.qcow2', '-F', 'qcow2', 'overlay.qcow2');
   qemuImg('create', '-q', '-f', 'qcow2', '-o', 'data_file=data.raw', 'datafile.qcow2', '64M');
-  // qemu's PBKDF benchmark can fail on a loaded machine ("Unable to get accurate CPU usage"): give it a
-  // measurable iteration time and a few tries.
-  for (let attempt = 1; ; attempt++) {
-    try {
-      qemuImg(
-        'create', '-q', '-f', 'qcow2', '--object', 'secret,id=sec0,data=pw',
-        '-o', 'encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=100', 'luks.qcow2', '64M',
-      );
-      break;
-    } catch (e) {
-      if (attempt >= 3) throw e;
-    }
-  }
+  makeLuksQcow2(join(dir, 'luks.qcow2'));
   qemuImg('create', '-q', '-f', 'vmdk', 'sparse.vmdk', '64M');
   qemuImg('convert', '-q', '-f', 'raw', '-O', 'vmdk', '-o', 'subformat=streamOptimized', 'disk.raw', 'stream.vmdk');
   qemuImg('create', '-q', '-f', 'vmdk', '-o', 'subformat=monolithicFlat', 'flat.vmdk', '64M');

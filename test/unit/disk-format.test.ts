@@ -5,6 +5,7 @@ import { execFileSync } from 'node:child_process';
 import { closeSync, mkdirSync, mkdtempSync, openSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { makeLuksQcow2 } from '../helpers/fixtures.ts';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -70,10 +71,7 @@ beforeAll(() => {
   qemuImg('create', '-q', '-f', 'qcow2', '-o', 'compat=0.10', 'v2.qcow2', '128M');
   qemuImg('create', '-q', '-f', 'qcow2', '-b', 'v3.qcow2', '-F', 'qcow2', 'overlay.qcow2');
   qemuImg('create', '-q', '-f', 'qcow2', '-o', 'data_file=data.raw', 'datafile.qcow2', '64M');
-  qemuImg(
-    'create', '-q', '-f', 'qcow2', '--object', 'secret,id=sec0,data=pw',
-    '-o', 'encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10', 'luks.qcow2', '64M',
-  );
+  makeLuksQcow2(join(dir, 'luks.qcow2'));
   qemuImg('convert', '-q', '-f', 'raw', '-O', 'qcow2', 'disk.raw', 'converted.qcow2');
   qemuImg('create', '-q', '-f', 'vmdk', 'sparse.vmdk', '64M');
   qemuImg('convert', '-q', '-f', 'raw', '-O', 'vmdk', '-o', 'subformat=streamOptimized', 'disk.raw', 'stream.vmdk');
