@@ -105,6 +105,11 @@ export const ConfigSchema = z.object({
   /** A download that receives nothing for this long fails. */
   idleTimeout: duration.default(600_000),
   /**
+   * How long one source request may wait out 429 answers (Retry-After) itself; past that the import is delayed
+   * through the queue instead, which frees the worker and spends no attempt.
+   */
+  rateLimitWait: duration.default(300_000),
+  /**
    * Non-public addresses that sources (HTTP URLs, source registries; not DVCR) may be fetched from. By default
    * loopback, link-local, private, CGNAT, unspecified, multicast and cloud metadata addresses are refused.
    */
@@ -145,6 +150,7 @@ export const ENV: Record<keyof Config, string> = {
   probeSampleSize: 'PROBE_SAMPLE_SIZE',
   registryConcurrency: 'REGISTRY_CONCURRENCY',
   idleTimeout: 'IDLE_TIMEOUT',
+  rateLimitWait: 'RATE_LIMIT_WAIT',
   sourceAllowCidrs: 'SOURCE_ALLOW_CIDRS',
   shutdownDeadline: 'SHUTDOWN_DEADLINE',
   convertTo: 'CONVERT_TO',

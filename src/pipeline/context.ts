@@ -103,6 +103,7 @@ export async function createPipelineContext(config: Config): Promise<PipelineCon
     maxConcurrentPerHost: config.registryConcurrency,
     bodyTimeoutMs: config.idleTimeout,
     addressPolicy: sourceAddressPolicy,
+    retry: { maxRateLimitWaitMs: config.rateLimitWait },
   };
   // Sources without a pull secret or CA share one client per thread: its connections, registry discovery and
   // anonymous tokens carry over from one import to the next (measured: about a fifth of the CPU of a 1 MiB
