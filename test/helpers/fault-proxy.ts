@@ -7,9 +7,9 @@
  * status, headers and body unchanged. Because Host is kept, the registry builds its `Location` URLs with the
  * proxy's address, so upload sessions keep going through the proxy.
  */
-import { Agent, createServer, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { Agent, createServer, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { closeServer, listenOnLoopback } from './loopback.ts';
 
 /** Answer with this status (and Retry-After / body) instead of forwarding. */
 export interface StatusFault {
@@ -134,23 +134,6 @@ function record(req: IncomingMessage, res: ServerResponse): RecordedRequest {
       return res.headersSent ? res.statusCode : 0;
     },
   };
-}
-
-function listenOnLoopback(server: Server): Promise<number> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen({ host: '127.0.0.1', port: 0 }, () => {
-      server.off('error', reject);
-      resolve((server.address() as AddressInfo).port);
-    });
-  });
-}
-
-function closeServer(server: Server): Promise<void> {
-  return new Promise((resolve) => {
-    server.close(() => resolve());
-    server.closeAllConnections();
-  });
 }
 
 function plain(res: ServerResponse, status: number, body: string, headers: Record<string, string> = {}): void {

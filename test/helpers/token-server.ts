@@ -16,12 +16,12 @@
 import { execFile } from 'node:child_process';
 import { createHash, createPrivateKey, randomUUID, sign, X509Certificate, type KeyObject } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { startRegistry, type RegistryServer } from '../../src/stack/index.ts';
+import { closeServer, listenOnLoopback } from './loopback.ts';
 
 const run = promisify(execFile);
 
@@ -305,23 +305,6 @@ export async function startTokenServer(opts: TokenServerOptions = {}): Promise<T
       return stopping;
     },
   };
-}
-
-function listenOnLoopback(server: Server): Promise<number> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen({ host: '127.0.0.1', port: 0 }, () => {
-      server.off('error', reject);
-      resolve((server.address() as AddressInfo).port);
-    });
-  });
-}
-
-function closeServer(server: Server): Promise<void> {
-  return new Promise((resolve) => {
-    server.close(() => resolve());
-    server.closeAllConnections();
-  });
 }
 
 /** A registry in `token` mode together with its token server. */
