@@ -19,31 +19,62 @@ const hostPortList = z
       .filter(Boolean),
   );
 
-const duration = z
-  .union([z.number(), z.string()])
-  .transform((v, ctx) => {
-    if (typeof v === 'number') return v;
+/**
+ * Longest accepted duration: Node's timer limit (2^31-1 ms, about 596 hours). A longer delay given to setTimeout
+ * fires after 1 ms instead, so it is refused here rather than silently turned into "at once".
+ */
+export const MAX_DURATION_MS = 2 ** 31 - 1;
+
+const DURATION_UNITS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 } as const;
+
+/** Milliseconds: a number, or a decimal number with a unit (ms, s, m, h; none = ms). 0 to MAX_DURATION_MS. */
+const duration = z.union([z.number(), z.string()]).transform((v, ctx) => {
+  let ms: number;
+  if (typeof v === 'number') ms = v;
+  else {
     const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(v.trim());
     if (!m) {
       ctx.addIssue({ code: 'custom', message: `"${v}" is not a duration like 500ms, 30s, 10m, 1h` });
       return z.NEVER;
     }
-    const n = Number(m[1]);
-    const unit = m[2] ?? 'ms';
-    return Math.round(n * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[unit]!);
-  });
-
-const size = z.union([z.number(), z.string()]).transform((v, ctx) => {
-  if (typeof v === 'number') return v;
-  const m = /^(\d+(?:\.\d+)?)\s*(|k|Ki|M|Mi|G|Gi|T|Ti)B?$/.exec(v.trim());
-  if (!m) {
-    ctx.addIssue({ code: 'custom', message: `"${v}" is not a size like 512Mi, 20Gi, 1T` });
+    ms = Number(m[1]) * DURATION_UNITS[(m[2] ?? 'ms') as keyof typeof DURATION_UNITS];
+  }
+  const rounded = Math.round(ms);
+  if (!Number.isFinite(ms) || ms < 0 || rounded > MAX_DURATION_MS) {
+    ctx.addIssue({ code: 'custom', message: `"${v}" is out of range: a duration must be between 0 and 596h (${MAX_DURATION_MS} ms)` });
     return z.NEVER;
   }
-  const mult: Record<string, number> = {
-    '': 1, k: 1e3, Ki: 1024, M: 1e6, Mi: 1024 ** 2, G: 1e9, Gi: 1024 ** 3, T: 1e12, Ti: 1024 ** 4,
-  };
-  return Math.round(Number(m[1]) * mult[m[2]!]!);
+  return rounded;
+});
+
+const SIZE_UNITS: Record<string, number> = {
+  '': 1, k: 1e3, Ki: 1024, M: 1e6, Mi: 1024 ** 2, G: 1e9, Gi: 1024 ** 3, T: 1e12, Ti: 1024 ** 4, P: 1e15, Pi: 1024 ** 5,
+};
+
+/**
+ * Bytes: a number, or a decimal number with an optional unit (k, Ki, M, Mi, G, Gi, T, Ti, P, Pi: what formatBytes
+ * prints reads back) and an optional B. At most 2^53-1 (about 8Pi).
+ */
+const size = z.union([z.number(), z.string()]).transform((v, ctx) => {
+  let bytes: number;
+  if (typeof v === 'number') bytes = v;
+  else {
+    const m = /^(\d+(?:\.\d+)?)\s*(|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi)B?$/.exec(v.trim());
+    if (!m) {
+      ctx.addIssue({ code: 'custom', message: `"${v}" is not a size like 512Mi, 20Gi, 1T` });
+      return z.NEVER;
+    }
+    bytes = Number(m[1]) * SIZE_UNITS[m[2]!]!;
+  }
+  const rounded = Math.round(bytes);
+  if (!Number.isFinite(bytes) || bytes < 0 || !Number.isSafeInteger(rounded)) {
+    ctx.addIssue({
+      code: 'custom',
+      message: `"${v}" is out of range: a size must be between 0 and ${Number.MAX_SAFE_INTEGER} bytes (about 8Pi)`,
+    });
+    return z.NEVER;
+  }
+  return rounded;
 });
 
 /** Comma-separated CIDRs (or a YAML list), each validated and kept in canonical text. */

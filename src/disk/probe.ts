@@ -49,6 +49,7 @@ const Extent = z.looseObject({
 });
 
 const QemuImgInfoSchema = z.looseObject({
+  // Finite (JSON.parse makes 1e999 Infinity, which zod refuses); whole and exact is checked in readQemuImgInfo.
   'virtual-size': z.number().nonnegative(),
   filename: z.string(),
   format: z.string(),
@@ -148,9 +149,19 @@ export async function probeImage(file: string, opts: ProbeOptions): Promise<Prob
     });
   }
 
+  return readQemuImgInfo(run.stdout, path, name, opts.format, opts.maxVirtualSize);
+}
+
+/**
+ * Reads what `qemu-img info --output=json -f <format> <path>` printed (qemu-img's answer is outside input: it
+ * describes a file anyone may have crafted) and checks it: the format asked for, no backing file, external data
+ * file or extent elsewhere, not encrypted or corrupt, a virtual size that is a safe integer within
+ * `maxVirtualSize`. `name` stands for the file in messages. Throws only DiskError.
+ */
+export function readQemuImgInfo(stdout: string, path: string, name: string, format: DiskFormat, maxVirtualSize?: number): ProbeResult {
   let json: unknown;
   try {
-    json = JSON.parse(run.stdout);
+    json = JSON.parse(stdout);
   } catch (e) {
     throw new DiskError(`qemu-img info printed something that is not JSON for ${name}`, {
       reason: 'ProbeFailed',
@@ -166,10 +177,24 @@ export async function probeImage(file: string, opts: ProbeOptions): Promise<Prob
     });
   }
   const info = parsed.data;
-  checkInfo(info, path, name, opts.format);
-  assertVirtualSize(info['virtual-size'], opts.maxVirtualSize);
+  checkInfo(info, path, name, format);
+  const virtualSize = info['virtual-size'];
+  if (virtualSize > Number.MAX_SAFE_INTEGER) {
+    // Past 2^53 the number is not even exact; no limit (or none set) makes such a disk importable.
+    throw new DiskError(`${name} declares a virtual size of about ${virtualSize} bytes, more than 2^53; refusing the image`, {
+      reason: 'VirtualSizeTooLarge',
+      permanent: true,
+    });
+  }
+  if (!Number.isInteger(virtualSize)) {
+    throw new DiskError(`qemu-img info answered a virtual size of ${virtualSize} bytes, not a whole number, for ${name}`, {
+      reason: 'ProbeFailed',
+      permanent: false,
+    });
+  }
+  assertVirtualSize(virtualSize, maxVirtualSize);
   return {
-    format: opts.format,
+    format,
     virtualSize: info['virtual-size'],
     actualSize: info['actual-size'],
     dirty: info['dirty-flag'] ?? false,

@@ -556,12 +556,18 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-/** `null` means absent (Kubernetes apply semantics). */
+/**
+ * `null` means absent (Kubernetes apply semantics). Keys are defined, not assigned: a `"__proto__"` key of
+ * parsed JSON stays a plain (unknown) field instead of becoming the copy's prototype, whose fields would be read
+ * as the manifest's own.
+ */
 function dropNulls(v: unknown): unknown {
   if (Array.isArray(v)) return v.map(dropNulls);
   if (!isPlainObject(v)) return v;
   const out: Record<string, unknown> = {};
-  for (const [k, x] of Object.entries(v)) if (x !== null) out[k] = dropNulls(x);
+  for (const [k, x] of Object.entries(v)) {
+    if (x !== null) Object.defineProperty(out, k, { value: dropNulls(x), enumerable: true, writable: true, configurable: true });
+  }
   return out;
 }
 

@@ -83,7 +83,16 @@ export function isOciError(e: unknown): e is OciError {
 const TRANSIENT_CODES = new Set(['UNAVAILABLE', 'UNKNOWN', 'TOOMANYREQUESTS']);
 const TRANSIENT_STATUS = new Set([408, 429, 500, 502, 503, 504]);
 
-/** Parses `Retry-After` (delta seconds or an HTTP date) into milliseconds, capped. */
+/**
+ * An HTTP-date (RFC 9110: IMF-fixdate, RFC 850 or asctime) starts with a day name. Checked before Date.parse,
+ * which takes almost anything with a digit in it ("-1", "1.5", "a 1" are dates in 2001 to V8).
+ */
+const HTTP_DATE_START = /^(Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*,? /i;
+
+/**
+ * Parses `Retry-After` (delta seconds or an HTTP date) into milliseconds in [0, capMs]; undefined when absent
+ * or malformed.
+ */
 export function parseRetryAfter(value: string | null | undefined, now = Date.now(), capMs = 300_000): number | undefined {
   if (value === null || value === undefined) return undefined;
   const v = value.trim();
@@ -92,6 +101,7 @@ export function parseRetryAfter(value: string | null | undefined, now = Date.now
   if (/^\d+$/.test(v)) {
     ms = Number(v) * 1000;
   } else {
+    if (!HTTP_DATE_START.test(v)) return undefined;
     const t = Date.parse(v);
     if (Number.isNaN(t)) return undefined;
     ms = t - now;

@@ -21,8 +21,11 @@ type ObjectRefSource = Extract<ImportSource, { type: 'ObjectRef' }>;
 /** Labels every commit writes itself; the rest of the source's labels are carried over. */
 const STANDARD_LABELS = new Set<string>([Labels.size, Labels.virtualSize, Labels.format, Labels.erofs]);
 
-/** Config labels, read defensively (a config of another writer may lack them). */
-function labelsOf(config: Buffer): Record<string, string> {
+/**
+ * Config labels, read defensively (a config of another writer may lack them or hold anything): only string
+ * values of a `config.Labels` object (not a list) are kept; never throws.
+ */
+export function labelsOf(config: Buffer): Record<string, string> {
   let parsed: unknown;
   try {
     parsed = JSON.parse(config.toString('utf8'));
@@ -30,8 +33,13 @@ function labelsOf(config: Buffer): Record<string, string> {
     return {};
   }
   const labels = (parsed as { config?: { Labels?: unknown } } | null)?.config?.Labels;
-  if (typeof labels !== 'object' || labels === null) return {};
+  if (typeof labels !== 'object' || labels === null || Array.isArray(labels)) return {};
   return Object.fromEntries(Object.entries(labels).filter((e): e is [string, string] => typeof e[1] === 'string'));
+}
+
+/** The source config's labels a copy carries over: all but the standard ones, which the commit writes itself. */
+export function carriedLabels(config: Buffer): Record<string, string> {
+  return Object.fromEntries(Object.entries(labelsOf(config)).filter(([k]) => !STANDARD_LABELS.has(k)));
 }
 
 function isNotFound(e: unknown): boolean {
@@ -78,7 +86,7 @@ export async function importObjectRef(
   let extraLabels: Record<string, string>;
   try {
     const config = await ctx.dvcr.getBlobBytes(ref.registry, ref.repository, manifest.manifest.config, undefined, signal);
-    extraLabels = Object.fromEntries(Object.entries(labelsOf(config)).filter(([k]) => !STANDARD_LABELS.has(k)));
+    extraLabels = carriedLabels(config);
   } catch (e) {
     throw isNotFound(e) ? lost(e) : e;
   }

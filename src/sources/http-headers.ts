@@ -38,6 +38,8 @@ export function parseContentRange(value: string | undefined): ContentRange | und
   const start = Number(m[1]);
   const end = Number(m[2]);
   const total = m[3] === '*' ? undefined : Number(m[3]);
+  // 16 digits can pass 2^53: such a number is no longer exact, so the range cannot be trusted.
+  if (!Number.isSafeInteger(end) || (total !== undefined && !Number.isSafeInteger(total))) return undefined;
   if (end < start || (total !== undefined && end >= total)) return undefined;
   return { start, end, total };
 }

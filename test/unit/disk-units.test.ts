@@ -107,4 +107,34 @@ describe('formatPercent and formatProgress', () => {
     expect(parsePercent('N/A')).toBeUndefined();
     expect(parsePercent('101%')).toBeUndefined();
   });
+
+  it('parsePercent reads back every progress string formatProgress prints (property)', () => {
+    fc.assert(
+      fc.property(fc.nat({ max: 2 ** 40 }), fc.integer({ min: 1, max: 2 ** 40 }), fc.boolean(), (done, total, ready) => {
+        const text = formatProgress(done, total, { ready });
+        const p = parsePercent(text);
+        expect(p).toBeDefined();
+        expect(`${p}`).toBe(text.replace(/%$/, '').replace(/\.0$/, ''));
+        if (!ready) expect(p!).toBeCloseTo(Math.min(100, Math.floor((done * 1000) / total) / 10), 5);
+      }),
+      { numRuns: 500 },
+    );
+  });
+
+  it('parsePercent never throws and gives only a number in [0, 100] or undefined (property)', () => {
+    const percentish = fc
+      .tuple(fc.constantFrom('', ' ', '-', '+', '.'), fc.oneof(fc.nat().map(String), fc.double().map(String), fc.constant('9'.repeat(400))), fc.constantFrom('%', ' %', '', '%%', '% '))
+      .map(([a, b, c]) => `${a}${b}${c}`);
+    fc.assert(
+      fc.property(fc.oneof(fc.string({ maxLength: 20 }), percentish), (s) => {
+        const p = parsePercent(s);
+        if (p === undefined) return;
+        expect(Number.isFinite(p)).toBe(true);
+        expect(p).toBeGreaterThanOrEqual(0);
+        expect(p).toBeLessThanOrEqual(100);
+        expect(s).toMatch(/%\s*$/);
+      }),
+      { numRuns: 500 },
+    );
+  });
 });

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import fc from 'fast-check';
 import {
   API_VERSION,
   ValidationError,
@@ -508,5 +509,118 @@ describe('name helpers', () => {
 
   it.each(['-a', 'a-', 'a_b', 'a.b', 'A', '', 'a b', 'x'.repeat(254)])('%j is not', (name) => {
     expect(imageNameProblem('VirtualImage', name)).toBeDefined();
+  });
+});
+
+describe('parseImageManifest on arbitrary input (properties, bounded runs)', () => {
+  const VALID: Record<string, unknown>[] = [
+    cvi(http({ url: 'https://x.example/d.img', caBundle: CA, checksum: { sha256: SHA256, md5: 'b'.repeat(32) } })),
+    cvi({ dataSource: { type: 'ContainerImage', containerImage: { image: 'r.example/a:b', imagePullSecret: { name: 's', namespace: 'ns' }, platform: 'linux/arm64' } } }),
+    vi({ dataSource: { type: 'ObjectRef', objectRef: { kind: 'VirtualImage', name: 'other' } }, storage: 'ContainerRegistry' }, { name: 'u', namespace: 'team-a', labels: { app: 'x' }, annotations: { 'a.example/b': 'c' } }),
+    vi({ dataSource: { type: 'Upload', upload: { checksum: { sha512: 'c'.repeat(128) } } }, conversion: { format: 'raw' } }),
+  ];
+
+  /** Every path to a value inside `v`. */
+  function pathsOf(v: unknown, at: string[] = []): string[][] {
+    if (typeof v !== 'object' || v === null) return [at];
+    return [at, ...Object.entries(v).flatMap(([k, x]) => pathsOf(x, [...at, k]))];
+  }
+  /** `v` with the value at `path` replaced (`undefined`: removed). */
+  function replaced(v: unknown, path: string[], value: unknown): unknown {
+    if (path.length === 0) return value;
+    const [head, ...rest] = path as [string, ...string[]];
+    const copy = Array.isArray(v) ? [...(v as unknown[])] : { ...(v as Record<string, unknown>) };
+    const next = replaced((v as Record<string, unknown>)[head], rest, value);
+    if (next === undefined) delete (copy as Record<string, unknown>)[head];
+    else (copy as Record<string, unknown>)[head] = next;
+    return copy;
+  }
+
+  const oddValue = fc.oneof(
+    fc.jsonValue({ maxDepth: 2 }),
+    fc.constant(undefined),
+    fc.constantFrom('', ' ', 'ClusterVirtualImage', 'HTTP', 'VirtualImage', '-----BEGIN CERTIFICATE-----', 'A'.repeat(64), '1e999', 'x://y'),
+    fc.anything({ maxDepth: 1 }),
+  );
+  /** A valid manifest with one value anywhere replaced, removed, or a key added. */
+  const nearMiss = fc
+    .tuple(fc.constantFrom(...VALID), fc.nat(), oddValue, fc.option(fc.constantFrom('__proto__', 'constructor', 'extra', 'kind', 'status', 'toString')))
+    .map(([m, i, value, key]) => {
+      const paths = pathsOf(m);
+      const path = paths[i % paths.length]!;
+      return replaced(m, key === null ? path : [...path, key], value);
+    });
+  const input = fc.oneof(nearMiss, fc.anything({ maxDepth: 3 }), fc.jsonValue({ maxDepth: 4 }));
+
+  it('never throws anything but a ValidationError whose every issue names its path (property)', () => {
+    fc.assert(
+      fc.property(input, fc.option(fc.constantFrom('team-a', 'Bad_NS', '')), (m, ns) => {
+        try {
+          const out = parseImageManifest(m, ns === null ? {} : { defaultNamespace: ns });
+          expect(out.apiVersion).toBe(API_VERSION);
+          expect(['ClusterVirtualImage', 'VirtualImage']).toContain(out.kind);
+        } catch (e) {
+          expect(e).toBeInstanceOf(ValidationError);
+          const issues = (e as ValidationError).issues;
+          expect(issues.length).toBeGreaterThan(0);
+          for (const i of issues) {
+            expect(typeof i.path).toBe('string');
+            expect(i.message.length).toBeGreaterThan(0);
+            if (i.path !== '') expect(i.message.startsWith(i.path), `${i.path} / ${i.message}`).toBe(true);
+          }
+        }
+      }),
+      { numRuns: 600 },
+    );
+  });
+
+  it('a "__proto__" key of parsed JSON is an unknown field, never a prototype whose fields count as the manifest\'s', () => {
+    const text = JSON.stringify(cvi(http({ url: 'https://x.example/d.img' }))).replace('{', '{"__proto__":{"kind":"VirtualImage"},');
+    expect(problems(JSON.parse(text))).toEqual([expect.stringMatching(/^__proto__: unknown field/)]);
+    const onlyProto = JSON.parse(`{"__proto__":${JSON.stringify(cvi({ dataSource: { type: 'Upload' } }))}}`) as unknown;
+    expect(problems(onlyProto)).toEqual(['kind: is required; use ClusterVirtualImage or VirtualImage']);
+    const nested = JSON.stringify(cvi(http({ url: 'https://x.example/d.img' }))).replace('"dataSource":{', '"dataSource":{"__proto__":{"type":"Upload"},');
+    expect(problems(JSON.parse(nested))).toEqual([expect.stringMatching(/^spec\.dataSource\.__proto__: unknown field/)]);
+    expect(Object.getPrototypeOf({})).toBe(Object.prototype);
+  });
+
+  it('checksums: any hex of the right length in any case is kept lower-cased; anything else names the field (property)', () => {
+    const LENGTHS = { md5: 32, sha1: 40, sha256: 64, sha512: 128 } as const;
+    const algo = fc.constantFrom(...(Object.keys(LENGTHS) as Array<keyof typeof LENGTHS>));
+    fc.assert(
+      fc.property(algo, fc.oneof(fc.stringMatching(/^[0-9a-fA-F]{0,130}$/), fc.string({ maxLength: 130 })), (a, hex) => {
+        const m = cvi(http({ url: 'https://x.example/d.img', checksum: { [a]: hex } }));
+        const valid = hex.length === LENGTHS[a] && /^[0-9a-fA-F]*$/.test(hex);
+        if (valid) {
+          const out = parseImageManifest(m);
+          expect(out.spec.dataSource).toEqual({ type: 'HTTP', http: { url: 'https://x.example/d.img', checksum: { [a]: hex.toLowerCase() } } });
+        } else {
+          expect(problems(m)).toEqual([expect.stringMatching(new RegExp(`^spec\\.dataSource\\.http\\.checksum\\.${a}: must be ${LENGTHS[a]} hex characters`))]);
+        }
+      }),
+      { numRuns: 400 },
+    );
+  });
+
+  it('labels: only string -> string maps with Kubernetes-valid keys and values pass (property)', () => {
+    const key = fc.oneof(fc.stringMatching(/^[a-z0-9]([a-z0-9.-]{0,8}[a-z0-9])?(\/[A-Za-z0-9]([A-Za-z0-9_.-]{0,8}[A-Za-z0-9])?)?$/), fc.string({ maxLength: 12 }));
+    const value = fc.oneof(fc.stringMatching(/^([A-Za-z0-9]([A-Za-z0-9_.-]{0,8}[A-Za-z0-9])?)?$/), fc.string({ maxLength: 12 }), fc.jsonValue({ maxDepth: 1 }));
+    fc.assert(
+      fc.property(fc.dictionary(key, value, { maxKeys: 5 }), (labels) => {
+        const m = cvi(http({ url: 'https://x.example/d.img' }), { name: 'a', labels: JSON.parse(JSON.stringify(labels)) as unknown });
+        try {
+          const out = parseImageManifest(m);
+          for (const [k, v] of Object.entries(out.metadata.labels ?? {})) {
+            expect(typeof v).toBe('string');
+            expect(v.length).toBeLessThanOrEqual(63);
+            expect(k.split('/').pop()!.length).toBeLessThanOrEqual(63);
+          }
+        } catch (e) {
+          expect(e).toBeInstanceOf(ValidationError);
+          for (const i of (e as ValidationError).issues) expect(i.path).toMatch(/^metadata\.labels/);
+        }
+      }),
+      { numRuns: 300 },
+    );
   });
 });

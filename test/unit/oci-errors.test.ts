@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import fc from 'fast-check';
 import { backoffDelay, errorFromNetwork, errorFromResponse, OciError, parseRetryAfter, withRetry } from '../../src/oci/index.ts';
 
 const headers = (h: Record<string, string> = {}) => ({ get: (n: string) => h[n.toLowerCase()] });
@@ -32,6 +33,54 @@ describe('error classes', () => {
     expect(parseRetryAfter(new Date(10_000 + 5000).toUTCString(), 10_000)).toBeLessThanOrEqual(5000);
     expect(parseRetryAfter('999999')).toBe(300_000);
     expect(parseRetryAfter('soon')).toBeUndefined();
+  });
+
+  it('reads IMF-fixdate and RFC 850 dates and refuses number-like text that is not delta-seconds', () => {
+    const now = Date.parse('Sun, 06 Nov 1994 08:49:00 GMT');
+    expect(parseRetryAfter('Sun, 06 Nov 1994 08:49:37 GMT', now)).toBe(37_000);
+    expect(parseRetryAfter('Sunday, 06-Nov-94 08:49:37 GMT', now)).toBe(37_000);
+    expect(parseRetryAfter('Sun, 06 Nov 1994 08:48:00 GMT', now)).toBe(0);
+    // V8's Date.parse reads these as dates in 2001 (so "retry now"); they are malformed.
+    for (const v of ['-1', '1.5', '+5', 'a 1', '1e3', 'x 2']) expect(parseRetryAfter(v, now), v).toBeUndefined();
+  });
+
+  it('delta-seconds give that many milliseconds, capped (property)', () => {
+    fc.assert(
+      fc.property(fc.oneof(fc.nat({ max: 1000 }), fc.nat()), fc.integer({ min: 1, max: 600_000 }), fc.constantFrom('', ' ', '\t'), (n, cap, pad) => {
+        expect(parseRetryAfter(`${pad}${n}${pad}`, 0, cap)).toBe(Math.min(n * 1000, cap));
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('an HTTP date gives the time until it, between 0 and the cap (property)', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 4e9 }), fc.integer({ min: -1e6, max: 1e6 }), (nowSec, deltaSec) => {
+        const now = nowSec * 1000;
+        const date = new Date(now + deltaSec * 1000).toUTCString();
+        expect(parseRetryAfter(date, now)).toBe(Math.max(0, Math.min(deltaSec * 1000, 300_000)));
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('never throws; anything else is undefined or a whole number of milliseconds in [0, cap] (property)', () => {
+    const numberish = fc
+      .tuple(fc.constantFrom('', '-', '+', '.', ' ', 'x'), fc.oneof(fc.nat().map(String), fc.double().map(String)), fc.constantFrom('', 's', '.0', ' GMT'))
+      .map(([a, b, c]) => `${a}${b}${c}`);
+    fc.assert(
+      fc.property(fc.oneof(fc.string({ maxLength: 40 }), numberish), fc.integer({ min: 0, max: 4e12 }), (v, now) => {
+        const ms = parseRetryAfter(v, now);
+        if (ms !== undefined) {
+          expect(Number.isInteger(ms)).toBe(true);
+          expect(ms).toBeGreaterThanOrEqual(0);
+          expect(ms).toBeLessThanOrEqual(300_000);
+        }
+        // Only delta-seconds or a date (which starts with a day name) count.
+        if (!/^\s*\d+\s*$/.test(v) && !/^\s*[A-Za-z]{3}/.test(v)) expect(ms, JSON.stringify(v)).toBeUndefined();
+      }),
+      { numRuns: 1000 },
+    );
   });
 
   it('classifies network errors; TLS failures are permanent with advice', () => {

@@ -201,5 +201,11 @@ export function parseDuration(text: string): number {
     pos = re.lastIndex;
   }
   if (s === '' || pos !== s.length) throw new CliError(`invalid duration "${text}": use a number with a unit, e.g. 30s, 5m, 1h`);
-  return Math.round(total);
+  const ms = Math.round(total);
+  // A timer longer than 2^31-1 ms fires at once, so a longer wait would end immediately (and 400 digits are Infinity).
+  if (!(ms <= MAX_TIMER_MS)) throw new CliError(`duration "${text}" is too long: at most 596h`);
+  return ms;
 }
+
+/** Node's longest timer (about 596 hours). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
