@@ -7,6 +7,7 @@
  *   BENCH_SMALL=500      number of 1 MiB images in the many-small scenario
  *   BENCH_MEMORY_SIZES=1Gi,4Gi   sizes for the memory scenario (10Gi takes about 4 minutes here)
  *   BENCH_ONLY=registry,http,memory,small,scaling   scenarios to run
+ *   BENCH_PROFILE=dir    write V8 CPU profiles of the worker processes (and their threads) into dir
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -54,6 +55,22 @@ interface Row {
   note?: string;
 }
 const rows: Row[] = [];
+/** "Where the CPU went" lines, one per measured window, printed under the table. */
+const cpuNotes: string[] = [];
+
+/** `timed`, also recording the CPU of the stack's processes (and the given workers) in `cpuNotes`. */
+async function timedCpu<T>(label: string, stack: Stack, workers: Array<{ child: ChildProcess }>, fn: () => Promise<T>): Promise<{ ms: number; value: T }> {
+  const window = cpuWindow({
+    'bench (+ children: skopeo, curl)': process.pid,
+    ...Object.fromEntries(workers.map((w, i) => [`worker ${i + 1} (+ children: qemu-img, ...)`, w.child.pid])),
+    'source registry': stack.source.pid,
+    DVCR: stack.dvcr.pid,
+    redis: stack.redis.pid,
+  });
+  const r = await timed(fn);
+  cpuNotes.push(`- ${label}: ${window.stop(r.ms)}`);
+  return r;
+}
 
 /** A disk of realistic content: a third random (compressed code and data), a third text-like, a third zeros. */
 async function realisticRaw(path: string, bytes: number): Promise<void> {
@@ -95,6 +112,42 @@ async function timed<T>(fn: () => Promise<T>): Promise<{ ms: number; value: T }>
   const t = performance.now();
   const value = await fn();
   return { ms: performance.now() - t, value };
+}
+
+/** CPU seconds a process has used: itself (all threads) and its reaped children (qemu-img, skopeo, xz...). */
+function cpuOf(pid: number): { self: number; children: number } {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ').map(Number);
+    const hz = 100; // USER_HZ on Linux
+    return { self: (f[11]! + f[12]!) / hz, children: (f[13]! + f[14]!) / hz };
+  } catch {
+    return { self: 0, children: 0 };
+  }
+}
+
+/**
+ * Where the CPU went during a timed window: CPU seconds of each named process (and of its reaped children)
+ * between `start()` and `stop()`, as one line for the notes under the table.
+ */
+function cpuWindow(procs: Record<string, number | undefined>): { stop(wallMs: number): string } {
+  const before = Object.fromEntries(Object.entries(procs).map(([k, pid]) => [k, pid ? cpuOf(pid) : undefined]));
+  return {
+    stop(wallMs) {
+      const parts: string[] = [];
+      let sum = 0;
+      for (const [name, pid] of Object.entries(procs)) {
+        const b = before[name];
+        if (!pid || !b) continue;
+        const a = cpuOf(pid);
+        const self = a.self - b.self;
+        const kids = a.children - b.children;
+        sum += self + kids;
+        parts.push(`${name} ${self.toFixed(1)} s${kids >= 0.05 ? ` (+ children ${kids.toFixed(1)} s)` : ''}`);
+      }
+      return `CPU over ${secs(wallMs)} wall: ${parts.join(', ')}; total ${sum.toFixed(1)} s of ${((cpus().length * wallMs) / 1000).toFixed(1)} s available on ${cpus().length} cores`;
+    },
+  };
 }
 
 async function skopeo(args: string[]): Promise<void> {
@@ -151,7 +204,8 @@ async function startStack(): Promise<Stack> {
 /** A worker process (as deployed), with its peak RSS read from /proc when it exits. */
 function workerProcess(stack: Stack, concurrency: number): { child: ChildProcess; peakRss(): number } {
   const c = stack.config;
-  const child = spawn(process.execPath, [BIN, 'worker'], {
+  const profile = env.BENCH_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${env.BENCH_PROFILE}`] : [];
+  const child = spawn(process.execPath, [...profile, BIN, 'worker'], {
     env: {
       ...env,
       REDIS_URL: c.redisUrl,
@@ -240,7 +294,7 @@ async function registryScenario(stack: Stack): Promise<void> {
   await skopeo(['copy', '--dest-tls-verify=false', layout, `docker://${stack.source.hostPort}/bench/disk:gzip`]);
   const src = `${stack.source.hostPort}/bench/disk:gzip`;
   // Peer: skopeo copying the same image between the same two registries (it moves blobs, does no more).
-  const peer = await timed(() => skopeo(['copy', '--src-tls-verify=false', '--dest-tls-verify=false', `docker://${src}`, `docker://${stack.dvcr.hostPort}/peer/disk:${seq++}`]));
+  const peer = await timedCpu('Registry -> DVCR, skopeo copy', stack, [], () => skopeo(['copy', '--src-tls-verify=false', '--dest-tls-verify=false', `docker://${src}`, `docker://${stack.dvcr.hostPort}/peer/disk:${seq++}`]));
   // The floor DVCR itself sets: what skopeo takes to copy the same disk as the uncompressed layer DVCR must
   // store (the contract's layer), between the same registries.
   const plain = await layoutFixture(disk, 'none');
@@ -248,7 +302,7 @@ async function registryScenario(stack: Stack): Promise<void> {
   const floor = await timed(() => skopeo(['copy', '--src-tls-verify=false', '--dest-tls-verify=false', `docker://${stack.source.hostPort}/bench/disk:plain`, `docker://${stack.dvcr.hostPort}/peer/plain:${seq++}`]));
   const [w] = await warmWorkers(stack, 1, 1);
   try {
-    const ours = await timed(() => importAll(stack, [cvi(uniq('reg'), { type: 'ContainerImage', containerImage: { image: src } })]));
+    const ours = await timedCpu('Registry -> DVCR, ours', stack, [w!], () => importAll(stack, [cvi(uniq('reg'), { type: 'ContainerImage', containerImage: { image: src } })]));
     const ratio = ours.ms / peer.ms;
     rows.push({
       scenario: `Registry -> DVCR floor: skopeo copy of the same disk as an uncompressed layer`,
@@ -290,7 +344,7 @@ async function httpScenario(stack: Stack): Promise<void> {
     rmSync(download, { force: true });
     const [w] = await warmWorkers(stack, 1, 1);
     try {
-      const ours = await timed(() => importAll(stack, [cvi(uniq('http'), { type: 'HTTP', http: { url } })]));
+      const ours = await timedCpu('HTTP -> DVCR, ours', stack, [w!], () => importAll(stack, [cvi(uniq('http'), { type: 'HTTP', http: { url } })]));
       const peerMs = curl.ms + push.ms;
       const ratio = ours.ms / peerMs;
       rows.push({
@@ -351,7 +405,7 @@ async function smallScenario(stack: Stack): Promise<void> {
       for (let i = k; i < SMALL; i += 8) await skopeo(['copy', '--dest-tls-verify=false', layout, `docker://${refs[i]}`]);
     }),
   );
-  const peer = await timed(() =>
+  const peer = await timedCpu(`${SMALL} small images, skopeo x8`, stack, [], () =>
     Promise.all(
       Array.from({ length: 8 }, async (_, k) => {
         for (let i = k; i < SMALL; i += 8) {
@@ -362,7 +416,7 @@ async function smallScenario(stack: Stack): Promise<void> {
   );
   const workers = await warmWorkers(stack, 2, 4);
   try {
-    const ours = await timed(() => importAll(stack, refs.map((r, i) => cvi(`small-${i}`, { type: 'ContainerImage', containerImage: { image: r } }))));
+    const ours = await timedCpu(`${SMALL} small images, ours`, stack, workers, () => importAll(stack, refs.map((r, i) => cvi(`small-${i}`, { type: 'ContainerImage', containerImage: { image: r } }))));
     const ourRate = SMALL / (ours.ms / 1000);
     const peerRate = SMALL / (peer.ms / 1000);
     const ratio = ourRate / peerRate;
@@ -388,7 +442,7 @@ async function scalingScenario(stack: Stack): Promise<void> {
   for (const n of [1, 2, 4]) {
     const [w] = await warmWorkers(stack, 1, n);
     try {
-      const t = await timed(() => importAll(stack, Array.from({ length: n }, () => cvi(uniq('scale'), { type: 'ContainerImage', containerImage: { image: src } }))));
+      const t = await timedCpu(`Scaling, ${n} concurrent`, stack, [w!], () => importAll(stack, Array.from({ length: n }, () => cvi(uniq('scale'), { type: 'ContainerImage', containerImage: { image: src } }))));
       const mbps = (n * statSync(disk).size) / 2 ** 20 / (t.ms / 1000);
       parts.push(`${n}: ${mbps.toFixed(0)} MiB/s`);
     } finally {
@@ -426,7 +480,8 @@ async function main(): Promise<void> {
     await stack.close();
   }
   const table = render();
-  process.stdout.write(`\n${table}\n\nMachine: ${machine()}; total ${secs(Date.now() - started)}\n`);
+  const cpuSection = cpuNotes.length ? ['', 'Where the CPU went (CPU seconds per process during each timed window):', '', ...cpuNotes] : [];
+  process.stdout.write(`\n${table}\n${cpuSection.join('\n')}\n\nMachine: ${machine()}; total ${secs(Date.now() - started)}\n`);
   const md = [
     '# Benchmark results',
     '',
@@ -436,6 +491,7 @@ async function main(): Promise<void> {
     `Machine: ${machine()}. Large disk: ${human(SIZE)} of data (a third random, a third text, a third zeros).`,
     '',
     table,
+    ...cpuSection,
     '',
   ].join('\n');
   writeFileSync(join(ROOT, 'bench', 'results.md'), md);
