@@ -2,8 +2,8 @@
  * The control plane of one import running in a piscina thread, shared by the BullMQ import worker
  * (`import-worker.ts`) and the API's upload endpoint (`upload-runner.ts`). On the calling (main) thread:
  *
- * - progress from the thread's MessagePort becomes status writes (`onProgress`, throttled to about 1/s, plus
- *   every stage change) with current and average speed (`SpeedMeter`);
+ * - progress from the thread's MessagePort becomes status writes (`onProgress`, at most one per second, the
+ *   latest report always landing within that second) with current and average speed (`SpeedMeter`);
  * - the commit gate: right before the manifest, the thread asks whether this generation may still write it (same
  *   uid and generation, not being deleted, not cancelled);
  * - cancellation: `abort()` asks the thread to stop cooperatively and terminates it after a grace period;
@@ -31,7 +31,7 @@ import {
 import type { ControlMessage, ImportFailure, ImportOutcome, ImportTask, PipelineProgress, ThreadMessage } from '../src/pipeline/types.ts';
 import type { ThreadTaskInput, ThreadTaskResult } from './import.thread.ts';
 
-/** Status writes per import: at most one per this period (plus stage changes). */
+/** Status writes per import: at most one per this period. */
 export const STATUS_INTERVAL_MS = 1000;
 /** After a cooperative abort, how long the thread gets before it is terminated. */
 export const ABORT_GRACE_MS = 10_000;
@@ -111,8 +111,11 @@ export class ImportControl {
     const channel = new MessageChannel();
     const port = channel.port1;
     const meter = new SpeedMeter();
-    let lastWrite = 0;
-    let lastStage = '';
+    // The Provisioning write has just happened: the first progress write comes one interval later, so an
+    // import shorter than that writes no progress at all (Provisioning, then Ready).
+    let lastWrite = Date.now();
+    let latest: ProgressWithSpeed | undefined;
+    let trailing: NodeJS.Timeout | undefined;
     let writing: Promise<unknown> = Promise.resolve();
     const onAbort = (): void => {
       if (this.aborted) return;
@@ -122,6 +125,30 @@ export class ImportControl {
     };
     if (signal.aborted) onAbort();
     else signal.addEventListener('abort', onAbort, { once: true });
+    /** Writes the latest report (status and job progress), chained after the previous write. */
+    const flush = (): void => {
+      trailing = undefined;
+      const report = latest;
+      if (!report) return;
+      latest = undefined;
+      lastWrite = Date.now();
+      writing = writing
+        .then(() =>
+          Promise.all([
+            this.write((s) => onProgress(s, { bytesDone: report.bytesDone, bytesTotal: report.bytesTotal, currentBps: report.currentBps, avgBps: report.avgBps })),
+            this.opts.onProgress?.(report),
+          ]),
+        )
+        .catch((e: unknown) => {
+          if (e instanceof StaleWriteError) {
+            // A newer generation or a delete took over: stop this import.
+            this.stale = true;
+            onAbort();
+          } else {
+            log.warn({ err: (e as Error).message }, 'progress write failed');
+          }
+        });
+    };
     port.on('message', (m: ThreadMessage) => {
       if (m.type === 'commit-request') {
         // The last gate before the manifest: is this still the image's current generation?
@@ -136,28 +163,12 @@ export class ImportControl {
         return;
       }
       const p = m.progress;
-      const speeds = meter.add(p.bytesDone);
-      const now = Date.now();
-      if (now - lastWrite < STATUS_INTERVAL_MS && p.stage === lastStage) return;
-      lastWrite = now;
-      lastStage = p.stage;
-      const report: ProgressWithSpeed = { ...p, ...speeds };
-      writing = writing
-        .then(() =>
-          Promise.all([
-            this.write((s) => onProgress(s, { bytesDone: p.bytesDone, bytesTotal: p.bytesTotal, ...speeds })),
-            this.opts.onProgress?.(report),
-          ]),
-        )
-        .catch((e: unknown) => {
-          if (e instanceof StaleWriteError) {
-            // A newer generation or a delete took over: stop this import.
-            this.stale = true;
-            onAbort();
-          } else {
-            log.warn({ err: (e as Error).message }, 'progress write failed');
-          }
-        });
+      latest = { ...p, ...meter.add(p.bytesDone) };
+      // At most one write per interval; a report that arrives sooner (a new stage, the last bytes) is written
+      // when the interval ends, unless the import has ended by then (its final write says more).
+      const wait = lastWrite + STATUS_INTERVAL_MS - Date.now();
+      if (wait <= 0) flush();
+      else trailing ??= setTimeout(flush, wait);
     });
 
     let result: ThreadTaskResult;
@@ -169,6 +180,7 @@ export class ImportControl {
     } catch (e) {
       result = { ok: false, failure: this.threadFailure(e) };
     } finally {
+      clearTimeout(trailing);
       signal.removeEventListener('abort', onAbort);
       port.close();
     }

@@ -3,7 +3,8 @@
  *
  *   disk bytes -> unwrap (gz/xz/zstd, nested) -> detect format from the head, check limits
  *              -> tee: sha256 of the disk file | probe sample (bounded scratch file) | DVCR layer tar upload
- *              -> qemu-img info -f <format> on the sample -> facts for the config labels and the status
+ *              -> qemu-img info -f <format> on the sample (not for raw/ISO: nothing more to learn) -> facts for
+ *                 the config labels and the status
  *
  * When the disk file is compressed (or comes without a length, e.g. HTTP without Content-Length) its length is
  * not known before the end, but the layer's tar header needs it first: the unwrapped bytes then go through one
@@ -69,6 +70,9 @@ export interface StoreDiskOptions {
   /** Ours: convert the disk to this format (skipped when it already has it, and for an ISO). */
   convertTo?: ConvertTarget;
 }
+
+/** A layer up to this size is framed in memory and sent in one PUT (two requests to DVCR instead of three). */
+export const SMALL_LAYER_BYTES = 8 * 1024 * 1024;
 
 const COMPRESSION_SUFFIX = /\.(gz|gzip|xz|zst|zstd|bz2)$/i;
 
@@ -197,21 +201,19 @@ async function streamIntoDvcr(
     const total = layerSize(fileName, size);
     const layer = await opts.dvcr.uploadBlob(opts.registry, opts.repository, diskLayer(fileName, size, tee()), {
       size: total,
+      monolithicUpTo: SMALL_LAYER_BYTES,
       signal,
     });
     sample.end();
     await once(sample, 'finish', { signal });
     const sealed = await sample.seal();
     assertSafeDisk(sealed.info, { maxVirtualSize: limits.maxVirtualSize });
-    const probed = await probeImage(sealed.path, {
-      format: sealed.info.format,
-      maxVirtualSize: limits.maxVirtualSize,
-      signal,
-      displayName: fileName,
-    });
-    const format = probed.format;
-    // qemu-img reports raw/iso virtual size from the sample file, which has the full length.
-    const virtualSize = format === 'raw' || format === 'iso' ? size : probed.virtualSize;
+    const format = sealed.info.format;
+    // Raw and ISO (qemu-img reads an ISO as raw) have no header qemu-img could read more from: nothing to refer
+    // to outside the file, and the virtual size is the length. Everything else is probed.
+    const virtualSize = format === 'raw' || format === 'iso'
+      ? size
+      : (await probeImage(sealed.path, { format, maxVirtualSize: limits.maxVirtualSize, signal, displayName: fileName })).virtualSize;
     assertVirtualSize(virtualSize, limits.maxVirtualSize);
     return {
       layer: { digest: layer.digest, size: layer.size },
