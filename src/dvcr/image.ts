@@ -84,10 +84,14 @@ export async function commitImage(
   signal?: AbortSignal,
 ): Promise<string> {
   const config = buildConfig(layer, facts);
+  // A config is a few hundred bytes and almost always new (it names this disk's sizes): one POST and one PUT,
+  // without asking first whether it is there.
   const cfg = await client.uploadBlob(target.registry, target.repository, () => Readable.from([config]), {
     digest: digestOf(config),
     size: config.length,
     signal,
+    checkExisting: false,
+    monolithicUpTo: config.length,
   });
   const manifest = buildManifest({ digest: cfg.digest, size: cfg.size }, layer);
   return client.putManifest(target.registry, target.repository, target.tag, manifest, MediaType.DockerManifest, signal);

@@ -433,6 +433,54 @@ describe('blob uploads', () => {
     ]);
   });
 
+  it('a small blob (monolithicUpTo): POST, one PUT with the whole body; a failed PUT is sent again from memory', async () => {
+    const proxy = p.proxy();
+    const data = Buffer.from(`monolithic ${Date.now()}\n`.repeat(5000));
+    proxy.requests.length = 0;
+    proxy.addFault({ method: 'PUT', path: /\/blobs\/uploads\//, status: 503 });
+    let opened = 0;
+    const sent: number[] = [];
+    const res = await client.uploadBlob(host, 'faults/up-mono', () => {
+      opened++;
+      return Readable.from(chunks(data, 16 * 1024));
+    }, { size: data.length, monolithicUpTo: data.length, onBytes: (n) => sent.push(n) });
+    expect(res).toEqual({ digest: digestOf(data), size: data.length, via: 'upload' });
+    expect(opened).toBe(1);
+    expect(sent.at(-1)).toBe(data.length);
+    expect(proxy.requests.map((r) => [r.method, r.status])).toEqual([
+      ['POST', 202],
+      ['PUT', 503],
+      ['POST', 202],
+      ['PUT', 201],
+    ]);
+    const put = proxy.requests[3]!;
+    expect(put.headers['content-length']).toBe(String(data.length));
+    expect(new URL(put.url, 'http://x').searchParams.get('digest')).toBe(digestOf(data));
+    expect(await client.blobExists(host, 'faults/up-mono', res.digest)).toBe(data.length);
+
+    // Known digest, no HEAD asked for (checkExisting: false): straight to POST and PUT, even when it exists.
+    proxy.requests.length = 0;
+    const again = await client.uploadBlob(host, 'faults/up-mono', () => Readable.from([data]), {
+      digest: res.digest,
+      size: data.length,
+      monolithicUpTo: data.length,
+      checkExisting: false,
+    });
+    expect(again).toEqual(res);
+    expect(proxy.requests.map((r) => r.method)).toEqual(['POST', 'PUT']);
+
+    // Bytes that do not match the digest the caller gave: a permanent error before anything is sent.
+    proxy.requests.length = 0;
+    const e = await caught(client.uploadBlob(host, 'faults/up-mono', () => Readable.from([data.subarray(1)]), {
+      digest: res.digest,
+      size: data.length - 1,
+      monolithicUpTo: data.length,
+      checkExisting: false,
+    }));
+    expect(e).toMatchObject({ errorClass: 'permanent', reason: 'DIGEST_MISMATCH' });
+    expect(proxy.requests).toEqual([]);
+  });
+
   it('a one-shot source survives a failure before its first byte is read', async () => {
     const proxy = p.proxy();
     const data = Buffer.from(`one-shot ${Date.now()}\n`.repeat(1000));
