@@ -44,6 +44,7 @@ export async function withRetry<T>(
 ): Promise<T> {
   let attempt = 0;
   let rateLimitWaited = 0;
+  let limited = 0;
   for (;;) {
     hooks.signal?.throwIfAborted();
     try {
@@ -54,7 +55,9 @@ export async function withRetry<T>(
       if (e.errorClass === 'permanent') throw e;
       let delay: number;
       if (e.errorClass === 'rate-limited') {
-        delay = e.retryAfterMs ?? backoffDelay(attempt, policy);
+        // As told, but never less than a growing backoff: a server answering 429 with `Retry-After: 0` again and
+        // again is not hammered (the total wait stays bounded by maxRateLimitWaitMs either way).
+        delay = Math.max(e.retryAfterMs ?? 0, backoffDelay(limited++, policy));
         if (rateLimitWaited + delay > policy.maxRateLimitWaitMs) throw e;
         rateLimitWaited += delay;
       } else {

@@ -137,6 +137,22 @@ describe('withRetry', () => {
     ).rejects.toThrow('slow down');
   });
 
+  it('Retry-After: 0 again and again still backs off, and the rate-limit budget ends it', async () => {
+    const policy = { attempts: 4, baseDelayMs: 20, maxDelayMs: 80, maxRateLimitWaitMs: 400 };
+    let calls = 0;
+    const started = Date.now();
+    await expect(
+      withRetry('op', async () => {
+        calls++;
+        throw new OciError('slow down', { errorClass: 'rate-limited', reason: 'X', retryAfterMs: 0 });
+      }, policy),
+    ).rejects.toThrow('slow down');
+    // Waits of at least 10, 20, 40, then 40-80 ms each until 400 ms are spent: a handful of calls, not thousands.
+    expect(calls).toBeGreaterThan(3);
+    expect(calls).toBeLessThan(16);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(200);
+  });
+
   it('stops when aborted', async () => {
     const ac = new AbortController();
     const p = withRetry('op', async () => {
