@@ -47,6 +47,25 @@ export interface UploadResult {
   via: 'existing' | 'mount' | 'upload';
 }
 
+/**
+ * A request on an upload session failed because the session itself is gone (distribution answers 404
+ * BLOB_UPLOAD_UNKNOWN / 400 BLOB_UPLOAD_INVALID after a restart with another secret, a purge, or an interrupted
+ * PATCH): nothing is wrong with the blob, the push starts again from a new session.
+ */
+function sessionLost<T>(p: Promise<T>, base: string): Promise<T> {
+  return p.catch((e: unknown) => {
+    if (e instanceof OciError && (e.reason === 'BLOB_UPLOAD_UNKNOWN' || e.reason === 'BLOB_UPLOAD_INVALID')) {
+      throw new OciError(`push blob to ${base}: the registry lost the upload session (${e.message})`, {
+        errorClass: 'transient',
+        reason: 'UPLOAD_SESSION_LOST',
+        ...(e.status !== undefined ? { status: e.status } : {}),
+        cause: e,
+      });
+    }
+    throw e;
+  });
+}
+
 function locationOf(res: { header(n: string): string | undefined; url: URL }, what: string): string {
   const loc = res.header('location');
   if (!loc) throw new OciError(`${what}: the registry answered without a Location`, { errorClass: 'transient', reason: 'NO_LOCATION' });
@@ -160,10 +179,10 @@ export async function uploadBlob(
       const headers: Record<string, string> = { 'content-type': 'application/octet-stream' };
       if (opts.size !== undefined) headers['content-length'] = String(opts.size);
       const patchWhat = `upload blob bytes to ${base}`;
-      const patched = await transport.expect(
+      const patched = await sessionLost(transport.expect(
         { registry, method: 'PATCH', path: location, headers, body: hashed(), scopes: push, signal, what: patchWhat },
         [202, 204],
-      );
+      ), base);
       patched.body.resume();
       location = locationOf(patched, patchWhat);
       const digest = counter.digest();
@@ -182,10 +201,10 @@ export async function uploadBlob(
       const put = new URL(location);
       put.searchParams.set('digest', digest);
       const putWhat = `complete blob upload ${digest} to ${base}`;
-      const done = await transport.expect(
+      const done = await sessionLost(transport.expect(
         { registry, method: 'PUT', path: put.href, headers: { 'content-length': '0' }, scopes: push, signal, what: putWhat },
         [201, 204],
-      );
+      ), base);
       done.body.resume();
       const confirmed = done.header('docker-content-digest');
       if (confirmed && confirmed !== digest) {
@@ -272,7 +291,7 @@ async function uploadMonolithic(
       const put = new URL(locationOf(started, what));
       put.searchParams.set('digest', digest);
       const putWhat = `upload blob ${digest} to ${base}`;
-      const done = await transport.expect(
+      const done = await sessionLost(transport.expect(
         {
           registry,
           method: 'PUT',
@@ -284,7 +303,7 @@ async function uploadMonolithic(
           what: putWhat,
         },
         [201, 204],
-      );
+      ), base);
       done.body.resume();
       const confirmed = done.header('docker-content-digest');
       if (confirmed && confirmed !== digest) {

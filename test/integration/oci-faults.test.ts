@@ -481,6 +481,42 @@ describe('blob uploads', () => {
     expect(proxy.requests).toEqual([]);
   });
 
+  it('an upload session the registry lost (404 BLOB_UPLOAD_UNKNOWN, e.g. after a restart) starts a new one', async () => {
+    const proxy = p.proxy();
+    const lost = JSON.stringify({ errors: [{ code: 'BLOB_UPLOAD_UNKNOWN', message: 'blob upload unknown to registry' }] });
+    const data = Buffer.from(`session lost ${Date.now()}\n`.repeat(2000));
+    proxy.requests.length = 0;
+    proxy.addFault({ method: 'PUT', path: /\/blobs\/uploads\//, status: 404, body: lost });
+    const res = await client.uploadBlob(host, 'faults/up-lost', () => Readable.from([data]), { size: data.length });
+    expect(res).toEqual({ digest: digestOf(data), size: data.length, via: 'upload' });
+    expect(proxy.requests.map((r) => [r.method, r.status])).toEqual([
+      ['POST', 202],
+      ['PATCH', 202],
+      ['PUT', 404],
+      ['POST', 202],
+      ['PATCH', 202],
+      ['PUT', 201],
+    ]);
+
+    // The same in one monolithic PUT.
+    proxy.requests.length = 0;
+    proxy.addFault({ method: 'PUT', path: /\/blobs\/uploads\//, status: 404, body: lost });
+    const mono = await client.uploadBlob(host, 'faults/up-lost', () => Readable.from([data, data]), { size: 2 * data.length, monolithicUpTo: 1 << 20 });
+    expect(mono.via).toBe('upload');
+    expect(proxy.requests.map((r) => [r.method, r.status])).toEqual([
+      ['POST', 202],
+      ['PUT', 404],
+      ['POST', 202],
+      ['PUT', 201],
+    ]);
+
+    // A one-shot stream cannot be sent again: transient, so the job starts over, never a permanent failure.
+    proxy.requests.length = 0;
+    proxy.addFault({ method: 'PUT', path: /\/blobs\/uploads\//, status: 404, body: lost });
+    const e = await caught(client.uploadBlob(host, 'faults/up-lost', Readable.from([Buffer.from(`once ${Date.now()}`)])));
+    expect(e).toMatchObject({ errorClass: 'transient', reason: 'UPLOAD_INTERRUPTED' });
+  });
+
   it('a one-shot source survives a failure before its first byte is read', async () => {
     const proxy = p.proxy();
     const data = Buffer.from(`one-shot ${Date.now()}\n`.repeat(1000));
