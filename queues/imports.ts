@@ -120,6 +120,12 @@ export class ImportQueue {
     return job ? job.getState() : undefined;
   }
 
+  /** What a completed job returned (undefined while it has not completed, or once it is removed). */
+  async result(jobId: string): Promise<ImportJobResult | undefined> {
+    const job = await this.queue.getJob(jobId);
+    return job?.finishedOn !== undefined && job.returnvalue ? job.returnvalue : undefined;
+  }
+
   async counts(): Promise<JobCounts> {
     const c = await this.queue.getJobCounts('waiting', 'active', 'delayed', 'completed', 'failed', 'prioritized');
     return {

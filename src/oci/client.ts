@@ -262,6 +262,39 @@ export class RegistryClient {
     );
   }
 
+  /**
+   * Every repository of the registry (`GET /v2/_catalog`, following its `Link: <...>; rel="next"` pages).
+   * Needs the `registry:catalog:*` scope on a token registry.
+   */
+  async listRepositories(registry: string, signal?: AbortSignal): Promise<string[]> {
+    const what = `list repositories of ${registry}`;
+    const out: string[] = [];
+    let path: string | undefined = '/v2/_catalog?n=1000';
+    for (let page = 0; path !== undefined; page++) {
+      if (page >= 10_000) throw new OciError(`${what}: more than 10000 catalog pages`, { errorClass: 'permanent', reason: 'CATALOG_TOO_LONG' });
+      const current: string = path;
+      const { repositories, next } = await withRetry(
+        what,
+        async () => {
+          const res = await this.transport.expect(
+            { registry, method: 'GET', path: current, scopes: ['registry:catalog:*'], signal, what },
+            [200],
+          );
+          const body = JSON.parse((await readLimited(res.body, MANIFEST_READ_LIMIT, what)).toString('utf8')) as {
+            repositories?: string[] | null;
+          };
+          const link = /<([^>]+)>\s*;\s*rel="?next"?/i.exec(res.header('link') ?? '');
+          return { repositories: body.repositories ?? [], next: link ? link[1] : undefined };
+        },
+        this.retry,
+        { signal },
+      );
+      out.push(...repositories);
+      path = next;
+    }
+    return out;
+  }
+
   /** A verifying stream of a blob's bytes (size and digest checked; resumes with Range). */
   openBlob(
     registry: string,

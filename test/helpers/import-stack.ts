@@ -5,6 +5,8 @@
  */
 import { inject } from 'vitest';
 import { randomBytes } from 'node:crypto';
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { pino } from 'pino';
 import { loadConfig, type Config } from '../../src/config.ts';
 import { ImageStore, type Image, type ImageKind } from '../../src/images/index.ts';
@@ -15,6 +17,12 @@ import { createRedis } from '../../queues/connection.ts';
 import { startWorker, type RunningImportWorker } from '../../workers/import-worker.ts';
 import type { RegistryClient } from '../../src/oci/index.ts';
 import type { Redis } from 'ioredis';
+
+/** Open upload sessions of a repository in a registry's storage folder (distribution 2.8 filesystem layout). */
+export function uploadSessions(registry: { dataDir: string }, repository: string): string[] {
+  const dir = join(registry.dataDir, 'storage', 'docker', 'registry', 'v2', 'repositories', repository, '_uploads');
+  return existsSync(dir) ? readdirSync(dir) : [];
+}
 
 /** SOURCE_ALLOW_CIDRS for tests whose sources are on loopback. */
 export const LOOPBACK_CIDRS = '127.0.0.0/8,::1/128';
@@ -39,8 +47,12 @@ export interface ImportStack {
   close(): Promise<void>;
 }
 
+/**
+ * `overrides.dvcrUrl` points the stack at a DVCR of the test's own (then `registryHostPort` is that registry's);
+ * without it the shared registry serves as DVCR.
+ */
 export async function startImportStack(overrides: Partial<Record<keyof Config, unknown>> = {}): Promise<ImportStack> {
-  const registryHostPort = inject('registryHostPort');
+  const registryHostPort = typeof overrides.dvcrUrl === 'string' ? new URL(overrides.dvcrUrl).host : inject('registryHostPort');
   const config = loadConfig(
     {},
     {

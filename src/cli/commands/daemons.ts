@@ -1,6 +1,6 @@
-/** `up`, `worker`, `serve`: the long-running processes (src/cli/daemons.ts), each until Ctrl-C / SIGTERM. */
+/** `up`, `worker`, `serve`: the long-running processes (src/cli/daemons.ts), each until Ctrl-C / SIGTERM; and `check` (src/cli/check.ts). */
 import { Command } from 'commander';
-import type { CliContext } from './context.ts';
+import { ExitCode, type CliContext } from './context.ts';
 
 interface ListenOptions {
   listen?: string;
@@ -46,5 +46,16 @@ export function daemonCommands(ctx: CliContext): Command[] {
       const daemons = await ctx.io.loadDaemons();
       await daemons.runServe(opts.listen !== undefined ? { listen: opts.listen } : {});
     });
-  return [up, worker, serve];
+  const check = new Command('check')
+    .description(
+      'Compare the images in Redis with DVCR (same environment as worker: REDIS_URL, REDIS_PREFIX, DVCR_URL, ...): ' +
+        'prints every inconsistency, exit code 1 when there is one',
+    )
+    .option('--verify-disk', "also read every Ready image's layer and check its disk file's sha256")
+    .action(async (opts: { verifyDisk?: boolean }) => {
+      const { runCheck } = await import('../check.ts');
+      const code = await runCheck({ verifyDisk: opts.verifyDisk === true, out: (s) => ctx.out(s) });
+      if (code !== 0) throw new ExitCode(code);
+    });
+  return [up, worker, serve, check];
 }
