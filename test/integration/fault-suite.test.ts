@@ -260,7 +260,11 @@ describe('fault suite: one run of every fault, then Redis and DVCR agree', () =>
     expect(status('sigkill').checksums?.sha256).toBe(sha256(killDisk));
     // The transfer that the SIGKILL cut was not the one that finished: another worker read the disk again.
     expect(killedTransfer?.closedEarly).toBe(true);
-    expect(srv.requestsFor('/sigkill.img').at(-1)).toMatchObject({ closedEarly: false, bytesSent: killDisk.length });
+    // (Whether the finishing read's connection counts as closed early races with the client closing it right
+    // after the last byte; that every byte was sent, and the disk's sha256 above, are what matter.)
+    const finishing = srv.requestsFor('/sigkill.img').at(-1);
+    expect(finishing).not.toBe(killedTransfer);
+    expect(finishing).toMatchObject({ bytesSent: killDisk.length });
     // The source faults were met (and survived within the attempt, or by another).
     for (const s of [reset, unavailable, stall]) expect(proxy.requests.some((r) => r.fault !== undefined && blob(s).test(r.path))).toBe(true);
     expect(status('respec')).toMatchObject({ observedGeneration: 2, checksums: { sha256: sha256(fastDisk) } });
