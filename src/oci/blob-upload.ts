@@ -17,7 +17,7 @@ import { repositoryScope } from './auth.ts';
 import { DigestCounter } from './digest.ts';
 import { OciError } from './errors.ts';
 import { withRetry, type RetryPolicy } from './retry.ts';
-import type { Transport } from './transport.ts';
+import type { Response, Transport } from './transport.ts';
 
 export type BlobSource = Readable | AsyncIterable<Uint8Array> | (() => Readable | AsyncIterable<Uint8Array>);
 
@@ -38,6 +38,12 @@ export interface UploadOptions {
   monolithicUpTo?: number;
   /** With `digest`: HEAD first and skip the upload when the blob is there (default true). */
   checkExisting?: boolean;
+  /**
+   * For a monolithic upload without `mountFrom`: a repository of the same registry that may already hold the
+   * blob, asked once its digest is known (the client's memory of recent pushes). Its mount attempt costs no
+   * extra request (the POST that would open the session anyway); a refused one falls back to a plain POST.
+   */
+  mountCandidate?: (digest: string) => string | undefined;
 }
 
 export interface UploadResult {
@@ -270,22 +276,36 @@ async function uploadMonolithic(
   const base = `${registry}/${repository}`;
   const { signal } = opts;
   const { body, digest } = blob;
-  return withRetry(
-    `push blob to ${base}`,
-    async () => {
-      const mount = opts.mountFrom && opts.mountFrom !== repository ? new URLSearchParams({ mount: digest, from: opts.mountFrom }) : undefined;
-      const what = mount ? `mount blob ${digest} from ${opts.mountFrom} into ${base}` : `start blob upload to ${base}`;
-      const started = await transport.expect(
+  let from = opts.mountFrom ?? opts.mountCandidate?.(digest);
+  const guessed = opts.mountFrom === undefined;
+  /** POST uploads/, as a mount attempt from `from` when there is one: 201 mounted, 202 a session to PUT into. */
+  const start = async (): Promise<{ res: Response; what: string }> => {
+    const mount = from && from !== repository ? new URLSearchParams({ mount: digest, from }) : undefined;
+    const what = mount ? `mount blob ${digest} from ${from} into ${base}` : `start blob upload to ${base}`;
+    try {
+      const res = await transport.expect(
         {
           registry,
           method: 'POST',
           path: `/v2/${repository}/blobs/uploads/${mount ? `?${mount}` : ''}`,
-          scopes: mount ? [...push, repositoryScope(opts.mountFrom!, ['pull'])] : push,
+          scopes: mount ? [...push, repositoryScope(from!, ['pull'])] : push,
           signal,
           what,
         },
         mount ? [201, 202] : [202],
       );
+      return { res, what };
+    } catch (e) {
+      // Our own guess was refused (no pull right on that repository, say): upload as if we had not guessed.
+      if (!guessed || !mount || !(e instanceof OciError) || e.errorClass !== 'permanent') throw e;
+      from = undefined;
+      return start();
+    }
+  };
+  return withRetry(
+    `push blob to ${base}`,
+    async () => {
+      const { res: started, what } = await start();
       started.body.resume();
       if (started.status === 201) return { digest, size: body.length, via: 'mount' as const };
       const put = new URL(locationOf(started, what));

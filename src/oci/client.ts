@@ -26,6 +26,9 @@ import { formatReference, manifestReference, type ImageReference } from './refer
 import { DEFAULT_RETRY, withRetry, type RetryPolicy } from './retry.ts';
 import { readLimited, Transport, type TransportOptions } from './transport.ts';
 
+/** How many recently pushed blobs a client remembers as mount sources. */
+const RECENT_BLOBS = 1024;
+
 export interface RegistryClientOptions extends TransportOptions {
   retry?: Partial<RetryPolicy>;
 }
@@ -331,8 +334,28 @@ export class RegistryClient {
     );
   }
 
-  uploadBlob(registry: string, repository: string, source: BlobSource, opts: UploadOptions = {}): Promise<UploadResult> {
-    return uploadBlob(this.transport, this.retry, registry, repository, source, opts);
+  /**
+   * Pushes a blob (see blob-upload.ts). A small (monolithic) one is mounted instead when this client recently
+   * pushed the same digest to another repository of the registry: importing one disk into several images moves
+   * its bytes once.
+   */
+  async uploadBlob(registry: string, repository: string, source: BlobSource, opts: UploadOptions = {}): Promise<UploadResult> {
+    const res = await uploadBlob(this.transport, this.retry, registry, repository, source, {
+      mountCandidate: (digest) => this.recentBlobs.get(`${registry} ${digest}`),
+      ...opts,
+    });
+    this.remember(registry, repository, res.digest);
+    return res;
+  }
+
+  /** Where this client last pushed each digest (`registry digest` -> repository), newest last, bounded. */
+  private readonly recentBlobs = new Map<string, string>();
+
+  private remember(registry: string, repository: string, digest: string): void {
+    const key = `${registry} ${digest}`;
+    this.recentBlobs.delete(key);
+    this.recentBlobs.set(key, repository);
+    if (this.recentBlobs.size > RECENT_BLOBS) this.recentBlobs.delete(this.recentBlobs.keys().next().value!);
   }
 
   close(): Promise<void> {

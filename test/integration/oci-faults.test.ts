@@ -481,6 +481,30 @@ describe('blob uploads', () => {
     expect(proxy.requests).toEqual([]);
   });
 
+  it('a small blob this client pushed before is mounted from where it went (no bytes), a refused guess uploads', async () => {
+    const proxy = p.proxy();
+    const data = Buffer.from(`dedupe ${Date.now()}\n`.repeat(3000));
+    const opts = { size: data.length, monolithicUpTo: data.length };
+    await client.uploadBlob(host, 'faults/dedupe-a', () => Readable.from([data]), opts);
+    proxy.requests.length = 0;
+    const again = await client.uploadBlob(host, 'faults/dedupe-b', () => Readable.from([data]), opts);
+    expect(again).toEqual({ digest: digestOf(data), size: data.length, via: 'mount' });
+    expect(shape()).toEqual([`POST uploads/ (mount) 201`]);
+    expect(new URL(proxy.requests[0]!.url, 'http://x').searchParams.get('from')).toBe('faults/dedupe-a');
+    expect(await client.blobExists(host, 'faults/dedupe-b', again.digest)).toBe(data.length);
+
+    // The registry refuses the mount (403 on the other repository): the same push uploads the bytes instead.
+    proxy.requests.length = 0;
+    proxy.addFault({ method: 'POST', path: /mount=/, status: 403 });
+    const refused = await client.uploadBlob(host, 'faults/dedupe-c', () => Readable.from([data]), opts);
+    expect(refused.via).toBe('upload');
+    expect(proxy.requests.map((r) => [r.method, r.url.includes('mount='), r.status])).toEqual([
+      ['POST', true, 403],
+      ['POST', false, 202],
+      ['PUT', false, 201],
+    ]);
+  });
+
   it('an upload session the registry lost (404 BLOB_UPLOAD_UNKNOWN, e.g. after a restart) starts a new one', async () => {
     const proxy = p.proxy();
     const lost = JSON.stringify({ errors: [{ code: 'BLOB_UPLOAD_UNKNOWN', message: 'blob upload unknown to registry' }] });
