@@ -4,7 +4,7 @@
  * registries (source and DVCR) on loopback, and writes bench/results.md.
  *
  *   BENCH_SIZE=1Gi       size of the large disk (data in the qcow2)
- *   BENCH_SMALL=500      number of 1 MiB images in the many-small scenario
+ *   BENCH_SMALL=500      number of 1 MiB images (each its own random disk) in the many-small scenario
  *   BENCH_MEMORY_SIZES=1Gi,4Gi   sizes for the memory scenario (10Gi takes about 4 minutes here)
  *   BENCH_ONLY=registry,http,memory,small,scaling   scenarios to run
  *   BENCH_PROFILE=dir    write V8 CPU profiles of the worker processes (and their threads) into dir
@@ -403,15 +403,19 @@ async function memoryScenario(stack: Stack): Promise<void> {
 async function smallScenario(stack: Stack): Promise<void> {
   const dir = join(WORK, 'small');
   mkdirSync(dir, { recursive: true });
-  const file = join(dir, 'small.img');
-  writeFileSync(file, randomBytes(1 << 20));
-  const layout = await layoutFixture(file, 'gzip');
+  // Every image its own random disk: nothing can be deduplicated (neither by us nor by skopeo's blob cache).
+  const layouts: string[] = [];
+  for (let i = 0; i < SMALL; i++) {
+    const file = join(dir, `small-${i}.img`);
+    if (!existsSync(`${file}.gzip.layout/index.json`)) writeFileSync(file, randomBytes(1 << 20));
+    layouts.push(await layoutFixture(file, 'gzip'));
+  }
   const refs: string[] = [];
   for (let i = 0; i < SMALL; i++) refs.push(`${stack.source.hostPort}/small/img${i}:v1`);
-  // Distinct repositories, same blobs: pushing once per repository is setup, not measured.
+  // Pushing them into the source registry is setup, not measured.
   await Promise.all(
     Array.from({ length: 8 }, async (_, k) => {
-      for (let i = k; i < SMALL; i += 8) await skopeo(['copy', '--dest-tls-verify=false', layout, `docker://${refs[i]}`]);
+      for (let i = k; i < SMALL; i += 8) await skopeo(['copy', '--dest-tls-verify=false', layouts[i]!, `docker://${refs[i]}`]);
     }),
   );
   const peer = await timedCpu(`${SMALL} small images, skopeo x8`, stack, [], () =>
