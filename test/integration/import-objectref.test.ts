@@ -114,13 +114,15 @@ describe('ObjectRef: a copy of a Ready image inside DVCR', () => {
     const dst = await layerOf(copy);
     expect(dst.digest).toBe(src.digest);
     expect(dst.labels).toEqual(src.labels);
-    // The mount answered 201, and the only bytes sent into the new repository were the small config (one
-    // monolithic PUT) and the manifest.
+    // The mount answered 201, and the only bytes sent into the new repository were the manifest and at most the
+    // small config (the copy's config matches its source's, so the client mounts that too when it remembers it).
     const mount = proxy.requests.find((r) => r.method === 'POST' && r.path === '/v2/cvi/copy/blobs/uploads/' && r.url.includes('mount='));
     expect(mount?.url).toContain(`from=${encodeURIComponent('cvi/base')}`);
     expect(mount?.status).toBe(201);
     const into = proxy.requests.filter((r) => (r.method === 'PATCH' || r.method === 'PUT') && r.path.startsWith('/v2/cvi/copy/'));
-    expect(into.map((r) => [r.method, r.path.includes('/blobs/uploads/') ? 'blob' : 'manifest'])).toEqual([['PUT', 'blob'], ['PUT', 'manifest']]);
+    expect(into.filter((r) => r.path.includes('/manifests/'))).toHaveLength(1);
+    expect(into.filter((r) => r.method === 'PATCH')).toEqual([]);
+    expect(into.length).toBeLessThanOrEqual(2);
     for (const r of into) expect(Number(r.headers['content-length'])).toBeLessThan(4096);
     expect((await jobLogs(copy)).join('\n')).toMatch(/mounted layer sha256:[0-9a-f]{64} .* no bytes moved/);
 
