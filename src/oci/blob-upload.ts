@@ -204,18 +204,7 @@ export async function uploadBlob(
           reason: 'SIZE_MISMATCH',
         });
       }
-      const put = new URL(location);
-      put.searchParams.set('digest', digest);
-      const putWhat = `complete blob upload ${digest} to ${base}`;
-      const done = await sessionLost(transport.expect(
-        { registry, method: 'PUT', path: put.href, headers: { 'content-length': '0' }, scopes: push, signal, what: putWhat },
-        [201, 204],
-      ), base);
-      done.body.resume();
-      const confirmed = done.header('docker-content-digest');
-      if (confirmed && confirmed !== digest) {
-        throw new OciError(`${putWhat}: the registry stored ${confirmed}`, { errorClass: 'permanent', reason: 'DIGEST_MISMATCH' });
-      }
+      await completeUpload(transport, { registry, base, location, digest, scopes: push, signal });
       return { digest, size: counter.bytes, via: 'upload' as const };
     },
     retry,
@@ -238,6 +227,34 @@ export async function uploadBlob(
   } catch (e) {
     if (sourceError) throw sourceError.error;
     throw e;
+  }
+}
+
+/**
+ * The PUT that ends an upload session: `?digest=` added to the session's latest Location, with the whole body
+ * (monolithic) or none (after a PATCH). Checks the digest the registry says it stored.
+ */
+async function completeUpload(
+  transport: Transport,
+  u: { registry: string; base: string; location: string; digest: string; body?: Buffer; scopes: string[]; signal: AbortSignal | undefined },
+): Promise<void> {
+  const put = new URL(u.location);
+  put.searchParams.set('digest', u.digest);
+  const what = u.body ? `upload blob ${u.digest} to ${u.base}` : `complete blob upload ${u.digest} to ${u.base}`;
+  const headers: Record<string, string> = u.body
+    ? { 'content-type': 'application/octet-stream', 'content-length': String(u.body.length) }
+    : { 'content-length': '0' };
+  const done = await sessionLost(
+    transport.expect(
+      { registry: u.registry, method: 'PUT', path: put.href, headers, ...(u.body ? { body: u.body } : {}), scopes: u.scopes, signal: u.signal, what },
+      [201, 204],
+    ),
+    u.base,
+  );
+  done.body.resume();
+  const confirmed = done.header('docker-content-digest');
+  if (confirmed && confirmed !== u.digest) {
+    throw new OciError(`${what}: the registry stored ${confirmed}`, { errorClass: 'permanent', reason: 'DIGEST_MISMATCH' });
   }
 }
 
@@ -308,27 +325,7 @@ async function uploadMonolithic(
       const { res: started, what } = await start();
       started.body.resume();
       if (started.status === 201) return { digest, size: body.length, via: 'mount' as const };
-      const put = new URL(locationOf(started, what));
-      put.searchParams.set('digest', digest);
-      const putWhat = `upload blob ${digest} to ${base}`;
-      const done = await sessionLost(transport.expect(
-        {
-          registry,
-          method: 'PUT',
-          path: put.href,
-          headers: { 'content-type': 'application/octet-stream', 'content-length': String(body.length) },
-          body,
-          scopes: push,
-          signal,
-          what: putWhat,
-        },
-        [201, 204],
-      ), base);
-      done.body.resume();
-      const confirmed = done.header('docker-content-digest');
-      if (confirmed && confirmed !== digest) {
-        throw new OciError(`${putWhat}: the registry stored ${confirmed}`, { errorClass: 'permanent', reason: 'DIGEST_MISMATCH' });
-      }
+      await completeUpload(transport, { registry, base, location: locationOf(started, what), digest, body, scopes: push, signal });
       return { digest, size: body.length, via: 'upload' as const };
     },
     retry,
