@@ -264,6 +264,10 @@ async function readAll(source: BlobSource, opts: UploadOptions): Promise<{ body:
   const chunks: Buffer[] = [];
   // Errors of the source are the caller's to classify: they pass through unchanged.
   for await (const chunk of (typeof source === 'function' ? source() : source) as AsyncIterable<Uint8Array>) {
+    if (opts.size !== undefined && counter.bytes + chunk.byteLength > opts.size) {
+      // Never buffer more than was announced.
+      throw new OciError(`push blob: the source gave more than the ${opts.size} bytes announced`, { errorClass: 'permanent', reason: 'SIZE_MISMATCH' });
+    }
     counter.update(chunk);
     chunks.push(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
     opts.signal?.throwIfAborted();

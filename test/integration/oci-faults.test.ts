@@ -479,6 +479,19 @@ describe('blob uploads', () => {
     }));
     expect(e).toMatchObject({ errorClass: 'permanent', reason: 'DIGEST_MISMATCH' });
     expect(proxy.requests).toEqual([]);
+
+    // More bytes than announced: refused while reading (never buffered past the size), nothing sent.
+    let pulled = 0;
+    async function* endless(): AsyncGenerator<Buffer> {
+      for (;;) {
+        pulled++;
+        yield data;
+      }
+    }
+    const over = await caught(client.uploadBlob(host, 'faults/up-mono', () => endless(), { size: data.length * 2, monolithicUpTo: data.length * 2 }));
+    expect(over).toMatchObject({ errorClass: 'permanent', reason: 'SIZE_MISMATCH' });
+    expect(pulled).toBe(3);
+    expect(proxy.requests).toEqual([]);
   });
 
   it('a small blob this client pushed before is mounted from where it went (no bytes), a refused guess uploads', async () => {
