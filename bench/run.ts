@@ -13,12 +13,11 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { createServer } from 'node:http';
 import { pino } from 'pino';
 import { loadConfig, type Config } from '../src/config.ts';
 import { ImageStore, type Image } from '../src/images/index.ts';
@@ -67,10 +66,12 @@ async function timedCpu<T>(
   stack: Stack,
   workers: Array<{ child: ChildProcess }>,
   fn: () => Promise<T>,
+  others: Record<string, number | undefined> = {},
 ): Promise<{ ms: number; value: T; cpu: Record<string, number> }> {
   const window = cpuWindow({
     bench: process.pid,
     ...Object.fromEntries(workers.map((w, i) => [`worker ${i + 1}`, w.child.pid])),
+    ...others,
     'source registry': stack.source.pid,
     DVCR: stack.dvcr.pid,
     redis: stack.redis.pid,
@@ -330,6 +331,18 @@ async function curlUpload(registryUrl: string, repository: string, blob: { path:
   await run('curl', ['-sS', '--fail', '-X', 'PUT', '-o', '/dev/null', put.href]);
 }
 
+/** A file server on a free loopback port (argv[1] is the file); prints its port. */
+const FILE_SERVER = `
+const fs = require('node:fs');
+const file = process.argv[1];
+const size = fs.statSync(file).size;
+const srv = require('node:http').createServer((req, res) => {
+  res.writeHead(200, { 'content-length': String(size), 'content-type': 'application/octet-stream' });
+  fs.createReadStream(file, { highWaterMark: 1 << 20 }).pipe(res);
+});
+srv.listen(0, '127.0.0.1', () => console.log(srv.address().port));
+`;
+
 /** skopeo's blob-info cache (root's): where it remembers pushing blobs, so that it mounts them next time. */
 const SKOPEO_BLOB_CACHE = '/var/lib/containers/cache/blob-info-cache-v1.boltdb';
 
@@ -397,12 +410,14 @@ async function registryScenario(stack: Stack): Promise<void> {
 async function httpScenario(stack: Stack): Promise<void> {
   const disk = await qcow2Fixture(SIZE);
   const size = statSync(disk).size;
-  const server = createServer((req, res) => {
-    res.writeHead(200, { 'content-length': String(size), 'content-type': 'application/octet-stream' });
-    createReadStream(disk, { highWaterMark: 1 << 20 }).pipe(res);
+  // The file server is a process of its own (as a real one would be), so that it neither slows nor is slowed by
+  // the bench's own event loop.
+  const server = spawn(process.execPath, ['-e', FILE_SERVER, disk], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const port = await new Promise<number>((resolve, reject) => {
+    server.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString().trim())));
+    server.once('exit', (code) => reject(new Error(`the bench's file server exited (${code})`)));
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const url = `http://127.0.0.1:${(server.address() as { port: number }).port}/disk.qcow2`;
+  const url = `http://127.0.0.1:${port}/disk.qcow2`;
   const layout = await layoutFixture(disk, 'none', 'http.qcow2');
   const download = join(WORK, 'download.qcow2');
   const curl: number[] = [];
@@ -411,15 +426,15 @@ async function httpScenario(stack: Stack): Promise<void> {
   const [w] = await warmWorkers(stack, 1, 1);
   try {
     for (let r = 1; r <= REPEAT; r++) {
-      curl.push((await timedCpu(`HTTP -> DVCR, curl download (run ${r})`, stack, [], () => run('curl', ['-sS', '--fail', '-o', download, url]))).ms);
+      curl.push((await timedCpu(`HTTP -> DVCR, curl download (run ${r})`, stack, [], () => run('curl', ['-sS', '--fail', '-o', download, url]), { 'file server': server.pid })).ms);
       push.push((await timedCpu(`HTTP -> DVCR, skopeo push (run ${r})`, stack, [], () =>
         skopeoCold(['copy', '--dest-tls-verify=false', layout, `docker://${stack.dvcr.hostPort}/peer/http-${seq++}:v1`]))).ms);
       rmSync(download, { force: true });
-      ours.push((await timedCpu(`HTTP -> DVCR, ours (run ${r})`, stack, [w!], () => importAll(stack, [cvi(uniq('http'), { type: 'HTTP', http: { url } })]))).ms);
+      ours.push((await timedCpu(`HTTP -> DVCR, ours (run ${r})`, stack, [w!], () => importAll(stack, [cvi(uniq('http'), { type: 'HTTP', http: { url } })]), { 'file server': server.pid })).ms);
     }
   } finally {
     await stopWorker(w!);
-    server.close();
+    server.kill();
   }
   const peerRuns = curl.map((c, i) => c + push[i]!);
   const ratio = median(ours) / median(peerRuns);
