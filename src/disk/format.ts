@@ -81,14 +81,7 @@ export function detectFormat(head: Uint8Array, opts: DetectFormatOptions = {}): 
   if (startsWith(head, VHDX_MAGIC, 0)) return { format: 'vhdx', virtualSize: undefined, hazards: [] };
   if (startsWith(head, VHD_COOKIE, 0)) {
     const footer = readVhdFooter(head, 0);
-    if (footer) {
-      return {
-        format: 'vhd',
-        virtualSize: footer.virtualSize,
-        hazards: footer.diskType === 'differencing' ? [{ kind: 'backing-file' }] : [],
-        subformat: footer.diskType,
-      };
-    }
+    if (footer) return vhdInfo(footer, false);
   }
   if (startsWith(head, VDI_SIGNATURE, 64)) return detectVdi(head);
   const descriptor = detectVmdkDescriptor(head);
@@ -96,15 +89,7 @@ export function detectFormat(head: Uint8Array, opts: DetectFormatOptions = {}): 
   if (startsWith(head, ISO_MAGIC, 32769)) return { format: 'iso', virtualSize: undefined, hazards: [] };
   if (opts.tail) {
     const footer = detectVhdFooter(opts.tail);
-    if (footer) {
-      return {
-        format: 'vhd',
-        virtualSize: footer.virtualSize,
-        hazards: footer.diskType === 'differencing' ? [{ kind: 'backing-file' }] : [],
-        subformat: footer.diskType,
-        footerAtEnd: true,
-      };
-    }
+    if (footer) return vhdInfo(footer, true);
   }
   return { format: 'raw', virtualSize: undefined, hazards: looksLikeMarkup(head) ? [{ kind: 'markup' }] : [] };
 }
@@ -313,6 +298,17 @@ function detectVdi(head: Uint8Array): DiskInfo {
     hazards.push({ kind: 'backing-file' });
   }
   return info;
+}
+
+/** A VHD's facts from its footer (a differencing disk has a parent: a backing-file hazard). */
+function vhdInfo(footer: VhdFooter, footerAtEnd: boolean): DiskInfo {
+  return {
+    format: 'vhd',
+    virtualSize: footer.virtualSize,
+    hazards: footer.diskType === 'differencing' ? [{ kind: 'backing-file' }] : [],
+    subformat: footer.diskType,
+    ...(footerAtEnd ? { footerAtEnd: true } : {}),
+  };
 }
 
 function readVhdFooter(bytes: Uint8Array, at: number): VhdFooter | null {

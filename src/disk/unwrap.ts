@@ -205,19 +205,23 @@ class DecodedStream extends Readable {
   }
 }
 
+/** `cb`, called at most once (a decoder can report its end and an error, or several errors). */
+function callOnce(cb: (err: Error | null) => void): (err: Error | null) => void {
+  let called = false;
+  return (err) => {
+    if (called) return;
+    called = true;
+    cb(err);
+  };
+}
+
 function zlibGunzip(): Decoder {
   const gunzip = createGunzip({ chunkSize: GUNZIP_CHUNK });
   return {
     input: gunzip,
     output: gunzip,
     onDone(cb) {
-      let called = false;
-      const once = (err: Error | null): void => {
-        if (!called) {
-          called = true;
-          cb(err);
-        }
-      };
+      const once = callOnce(cb);
       gunzip.once('end', () => once(null));
       gunzip.on('error', (e: NodeJS.ErrnoException) => once(gzipError(e)));
     },
@@ -261,13 +265,7 @@ function childDecoder(compression: Compression, argv: readonly string[]): Decode
     input: stdin,
     output: stdout,
     onDone(cb) {
-      let called = false;
-      const once = (err: Error | null): void => {
-        if (!called) {
-          called = true;
-          cb(err);
-        }
-      };
+      const once = callOnce(cb);
       child.on('error', (e: NodeJS.ErrnoException) => {
         exited = true;
         once(
