@@ -177,6 +177,46 @@ interface Stored {
   obj: Image;
 }
 
+/** Objects whose last state a store remembers (`ImageStore.recent`): a worker's in-flight images and then some. */
+const RECENT_OBJECTS = 1024;
+
+/** What a status write does with the state `cur`: write this object, change nothing, or refuse. */
+function planStatusWrite(
+  ref: ImageRef,
+  cur: Stored | null,
+  uid: string,
+  generation: number,
+  mutate: StatusMutator,
+  opts: UpdateStatusOptions,
+): { write: Image } | { unchanged: Image } | { error: StaleWriteError } {
+  if (!cur) return { error: new StaleWriteError(`${formatRef(ref)} no longer exists`, 'NotFound') };
+  const old = cur.obj;
+  if (old.metadata.uid !== uid) {
+    return {
+      error: new StaleWriteError(
+        `${formatRef(ref)} was re-created (uid ${old.metadata.uid}); the write was for uid ${uid}`,
+        'UidMismatch',
+      ),
+    };
+  }
+  if (old.metadata.generation !== generation) {
+    return {
+      error: new StaleWriteError(
+        `${formatRef(ref)} is at generation ${old.metadata.generation}; the write was for generation ${generation}`,
+        'GenerationMismatch',
+      ),
+    };
+  }
+  if (old.metadata.deletionTimestamp !== undefined && !opts.allowTerminating) {
+    return { error: new StaleWriteError(`${formatRef(ref)} is being deleted`, 'Terminating') };
+  }
+  const next = mutate(old.status, old);
+  if (next === old.status) return { unchanged: old };
+  const status = stampGeneration(next, generation);
+  if (canonicalJSON(status) === canonicalJSON(old.status)) return { unchanged: old };
+  return { write: { ...old, status } };
+}
+
 const KIND_KEY: Record<ImageKind, string> = { ClusterVirtualImage: 'cvi', VirtualImage: 'vi' };
 
 export class ImageStore {
@@ -218,9 +258,33 @@ export class ImageStore {
   // -- reads
 
   private async read(ref: ImageRef): Promise<Stored | null> {
-    const [rev, json] = await this.redis.hmget(this.objectKey(ref), 'rev', 'obj');
-    if (rev == null || json == null) return null;
+    const key = this.objectKey(ref);
+    const [rev, json] = await this.redis.hmget(key, 'rev', 'obj');
+    if (rev == null || json == null) {
+      this.recent.delete(key);
+      return null;
+    }
+    this.remember(key, rev, json);
     return { rev, obj: JSON.parse(json) as Image };
+  }
+
+  /**
+   * The last state of an object this store read or wrote, as JSON (so no caller can change it): a status write
+   * tries it first and saves a round trip (a worker's writes follow its own read or write). Only a successful
+   * compare-and-set is taken from it; anything else (a conflict, a stale uid or generation, nothing to write) is
+   * decided again on a fresh read.
+   */
+  private readonly recent = new Map<string, { rev: string; json: string }>();
+
+  private remember(key: string, rev: string, json: string): void {
+    this.recent.delete(key);
+    this.recent.set(key, { rev, json });
+    if (this.recent.size > RECENT_OBJECTS) this.recent.delete(this.recent.keys().next().value!);
+  }
+
+  private recall(ref: ImageRef): Stored | undefined {
+    const r = this.recent.get(this.objectKey(ref));
+    return r && { rev: r.rev, obj: JSON.parse(r.json) as Image };
   }
 
   /** One object, or null. `namespace` is ignored for a ClusterVirtualImage and required for a VirtualImage. */
@@ -269,12 +333,18 @@ export class ImageStore {
 
   /** CAS write; false when the object's rev is no longer `expectedRev` ('' = must not exist). */
   private async put(ref: ImageRef, expectedRev: string, obj: Image, type: ImageEventType): Promise<string | null> {
+    const key = this.objectKey(ref);
+    const json = JSON.stringify(obj);
+    // Forgotten first: whatever happens to this write, the remembered state may no longer be the stored one.
+    this.recent.delete(key);
     const reply = (await putScript.run(
       this.redis,
-      [this.objectKey(ref), this.indexKey(ref.kind), this.streamKey],
-      [expectedRev, JSON.stringify(obj), type, member(ref), this.streamMaxLen, ref.kind, ref.namespace ?? '', ref.name],
+      [key, this.indexKey(ref.kind), this.streamKey],
+      [expectedRev, json, type, member(ref), this.streamMaxLen, ref.kind, ref.namespace ?? '', ref.name],
     )) as [number, string];
-    return reply[0] === 1 ? reply[1] : null;
+    if (reply[0] !== 1) return null;
+    if (type !== 'DELETED') this.remember(key, reply[1], json);
+    return reply[1];
   }
 
   /**
@@ -350,30 +420,17 @@ export class ImageStore {
   ): Promise<Image> {
     checkRef(ref);
     for (let attempt = 0; attempt < this.maxWriteAttempts; attempt++) {
-      const cur = await this.read(ref);
-      if (!cur) throw new StaleWriteError(`${formatRef(ref)} no longer exists`, 'NotFound');
-      const old = cur.obj;
-      if (old.metadata.uid !== uid) {
-        throw new StaleWriteError(
-          `${formatRef(ref)} was re-created (uid ${old.metadata.uid}); the write was for uid ${uid}`,
-          'UidMismatch',
-        );
+      const remembered = attempt === 0 ? this.recall(ref) : undefined;
+      const cur = remembered ?? (await this.read(ref));
+      const plan = planStatusWrite(ref, cur, uid, generation, mutate, opts);
+      if ('write' in plan) {
+        if ((await this.put(ref, cur!.rev, plan.write, 'MODIFIED')) !== null) return plan.write;
+        continue;
       }
-      if (old.metadata.generation !== generation) {
-        throw new StaleWriteError(
-          `${formatRef(ref)} is at generation ${old.metadata.generation}; the write was for generation ${generation}`,
-          'GenerationMismatch',
-        );
-      }
-      if (old.metadata.deletionTimestamp !== undefined && !opts.allowTerminating) {
-        throw new StaleWriteError(`${formatRef(ref)} is being deleted`, 'Terminating');
-      }
-      const next = mutate(old.status, old);
-      if (next === old.status) return old;
-      const status = stampGeneration(next, generation);
-      if (canonicalJSON(status) === canonicalJSON(old.status)) return old;
-      const obj: Image = { ...old, status };
-      if ((await this.put(ref, cur.rev, obj, 'MODIFIED')) !== null) return obj;
+      // An answer without a write is only given from what Redis holds now.
+      if (remembered) continue;
+      if ('error' in plan) throw plan.error;
+      return plan.unchanged;
     }
     throw new StoreConflictError(`${formatRef(ref)}: too many concurrent writes; try again`);
   }

@@ -290,6 +290,85 @@ describe('ImageStore.updateStatus', () => {
   });
 });
 
+describe('ImageStore status writes from remembered state', () => {
+  /** Two stores on one prefix, as two processes would be; `a` counts its reads (HMGET round trips). */
+  async function twoStores(): Promise<{ a: ImageStore; b: ImageStore; reads: () => number; done: () => Promise<void> }> {
+    const prefix = `{dvcr-test-${randomUUID().slice(0, 8)}}:images`;
+    const client = new Redis(inject('redisUrl'), { lazyConnect: true });
+    await client.connect();
+    let n = 0;
+    const hmget = client.hmget.bind(client);
+    client.hmget = ((...args: Parameters<typeof hmget>) => {
+      n++;
+      return hmget(...args);
+    }) as typeof client.hmget;
+    return {
+      a: new ImageStore({ redis: client, prefix }),
+      b: new ImageStore({ redis, prefix }),
+      reads: () => n,
+      done: async () => void (await client.quit()),
+    };
+  }
+
+  it("a status write right after this store's own read or write sends no read", async () => {
+    const { a, reads, done } = await twoStores();
+    const ref = { kind: 'ClusterVirtualImage' as const, name: 'fast' };
+    const o = (await a.apply(cvi('fast'))).object;
+    const afterApply = reads();
+    await a.updateStatus(ref, o.metadata.uid, 1, (s) => onProvisioningStarted(s));
+    await a.updateStatus(ref, o.metadata.uid, 1, (s) => onProgress(s, { bytesDone: 50, bytesTotal: 100, currentBps: 1, avgBps: 1 }));
+    const ready = await a.updateStatus(ref, o.metadata.uid, 1, (s) => onReady(s, READY));
+    expect(reads()).toBe(afterApply);
+    expect(await a.get('ClusterVirtualImage', undefined, 'fast')).toEqual(ready);
+    expect(ready.status.phase).toBe('Ready');
+    await done();
+  });
+
+  it("another writer's change is never lost: the remembered state fails its compare-and-set and the write is redone", async () => {
+    const { a, b, reads, done } = await twoStores();
+    const ref = { kind: 'ClusterVirtualImage' as const, name: 'shared' };
+    const o = (await a.apply(cvi('shared'))).object;
+    await a.updateStatus(ref, o.metadata.uid, 1, (s) => onProvisioningStarted(s));
+    await b.updateStatus(ref, o.metadata.uid, 1, (s) => ({ ...s, attempts: 7 }));
+    const before = reads();
+    const after = await a.updateStatus(ref, o.metadata.uid, 1, (s) => onProgress(s, { bytesDone: 10, bytesTotal: 100, currentBps: 1, avgBps: 1 }));
+    expect(reads()).toBe(before + 1);
+    expect(after.status).toMatchObject({ attempts: 7, progress: '10.0%', phase: 'Provisioning' });
+    expect(await b.get('ClusterVirtualImage', undefined, 'shared')).toEqual(after);
+    await done();
+  });
+
+  it('refusals and no-ops are decided on what Redis holds, not on what the store remembers', async () => {
+    const { a, b, done } = await twoStores();
+    const ref = { kind: 'ClusterVirtualImage' as const, name: 'moved' };
+    const first = (await a.apply(cvi('moved'))).object;
+    await a.updateStatus(ref, first.metadata.uid, 1, (s) => onProvisioningStarted(s));
+    // Another process changes the spec (generation 2): a remembers generation 1 but a write for 2 goes through.
+    await b.apply(cvi('moved', 'https://images.example/v2.img'));
+    const gen2 = await a.updateStatus(ref, first.metadata.uid, 2, (s) => onProvisioningStarted(s));
+    expect(gen2.metadata.generation).toBe(2);
+    expect(gen2.status.phase).toBe('Provisioning');
+    // A mutator that finds nothing to do on the remembered state (Provisioning) still acts on the stored one.
+    await b.updateStatus(ref, first.metadata.uid, 2, (s) => ({ ...s, phase: 'Pending' }));
+    const healed = await a.updateStatus(ref, first.metadata.uid, 2, (s) =>
+      s.phase === 'Provisioning' ? s : onProvisioningStarted(s),
+    );
+    expect(healed.status.phase).toBe('Provisioning');
+    // Removed and re-created elsewhere: a's memory of the old uid neither refuses the new one nor admits the old.
+    await b.remove(ref);
+    const second = (await b.apply(cvi('moved'))).object;
+    await expect(a.updateStatus(ref, first.metadata.uid, 1, (s) => onProvisioningStarted(s))).rejects.toMatchObject({
+      reason: 'UidMismatch',
+    });
+    await a.get('ClusterVirtualImage', undefined, 'moved');
+    await b.remove(ref);
+    await expect(a.updateStatus(ref, second.metadata.uid, 1, (s) => onProvisioningStarted(s))).rejects.toMatchObject({
+      reason: 'NotFound',
+    });
+    await done();
+  });
+});
+
 describe('ImageStore delete', () => {
   it('markDeleting sets deletionTimestamp and Terminating, idempotently; remove honours uid', async () => {
     const store = newStore();
