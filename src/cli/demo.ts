@@ -111,26 +111,30 @@ export async function runDemo(opts: DemoOptions): Promise<Image | undefined> {
       .map((l) => `  ${l}`)
       .join('\n'),
   );
-  await service.apply(manifest);
+  const applied = await service.apply(manifest);
   log('demo: watching (like `dvcr-importer get cvi demo-disk -w`):');
   let widths: number[] | undefined;
   let last = '';
-  for await (const ev of service.watch('ClusterVirtualImage', { name: 'demo-disk', ...(opts.signal ? { signal: opts.signal } : {}) })) {
-    if (ev.type === 'BOOKMARK' || ev.type === 'DELETED') continue;
-    const row = tableRow(ev.object, new Date());
-    const key = `${ev.object.status.phase}|${ev.object.status.progress ?? ''}`;
-    if (key === last) continue;
+  // One row per phase/progress change. The applied object (Pending) is the first: a worker may take the
+  // import before the watch starts, and the watch then begins with the image already Provisioning.
+  const show = (object: Image): boolean => {
+    const row = tableRow(object, new Date());
+    const key = `${object.status.phase}|${object.status.progress ?? ''}`;
+    if (key === last) return false;
     last = key;
     if (!widths) {
       widths = columnWidths([tableHeader(), row, ['demo-disk', 'Provisioning', 'false', '100.0%', '999s']]);
       log(formatRow(tableHeader(), widths).trimEnd());
     }
     log(formatRow(row, widths).trimEnd());
-    const phase = ev.object.status.phase;
-    if (phase === 'Ready' || phase === 'Failed') {
-      if (phase === 'Failed') log(`demo: failed: ${ev.object.status.failure?.message ?? ''}`);
-      return ev.object;
-    }
+    const phase = object.status.phase;
+    if (phase === 'Failed') log(`demo: failed: ${object.status.failure?.message ?? ''}`);
+    return phase === 'Ready' || phase === 'Failed';
+  };
+  if (show(applied.object)) return applied.object;
+  for await (const ev of service.watch('ClusterVirtualImage', { name: 'demo-disk', ...(opts.signal ? { signal: opts.signal } : {}) })) {
+    if (ev.type === 'BOOKMARK' || ev.type === 'DELETED') continue;
+    if (show(ev.object)) return ev.object;
   }
   return undefined;
 }
