@@ -555,6 +555,9 @@ function machine(): string {
   return `${cpus().length} x ${cpu}, ${human(totalmem())} RAM, Node.js ${process.version}, ${new Date().toISOString().slice(0, 10)}`;
 }
 
+/** The heading from which bench/results.md is written by hand; a run keeps that part as it is. */
+const HAND_WRITTEN = '## Written by hand';
+
 function render(): string {
   const lines = [
     '| scenario | ours | peer | ratio | target | met |',
@@ -582,6 +585,10 @@ async function main(): Promise<void> {
     ? ['', 'Where the CPU went: CPU seconds of each process during each timed window ("children": processes it ran and reaped, i.e. skopeo and curl for the bench, qemu-img for a worker):', '', ...cpuNotes]
     : [];
   process.stdout.write(`\n${table}\n${cpuSection.join('\n')}\n\nMachine: ${machine()}; total ${secs(Date.now() - started)}\n`);
+  // What people wrote below the generated part (readings, the log of measured changes) is kept across runs.
+  const resultsPath = join(ROOT, 'bench', 'results.md');
+  const previous = existsSync(resultsPath) ? readFileSync(resultsPath, 'utf8') : '';
+  const handWritten = previous.indexOf(HAND_WRITTEN);
   const md = [
     '# Benchmark results',
     '',
@@ -589,12 +596,16 @@ async function main(): Promise<void> {
     'same registries, one after the other; ratios compare wall times (images/s for the many-small scenario).',
     '',
     `Machine: ${machine()}. Large disk: ${human(SIZE)} of data (a third random, a third text, a third zeros).`,
+    `Run: BENCH_SIZE=${env.BENCH_SIZE ?? '1Gi'} BENCH_SMALL=${SMALL} BENCH_MEMORY_SIZES=${env.BENCH_MEMORY_SIZES ?? '1Gi,10Gi'} ` +
+      `BENCH_REPEAT=${REPEAT} BENCH_ONLY=${[...ONLY].join(',')}; ${secs(Date.now() - started)} in all (fixtures not yet in bench/work are built first).`,
     '',
     table,
     ...cpuSection,
     '',
+    handWritten >= 0 ? previous.slice(handWritten).trimEnd() : `${HAND_WRITTEN}\n\n(none yet)`,
+    '',
   ].join('\n');
-  writeFileSync(join(ROOT, 'bench', 'results.md'), md);
+  writeFileSync(resultsPath, md);
 }
 
 await main();
