@@ -4,8 +4,6 @@
  * library: the framing is three small buffers around the disk bytes, which pass through untouched.
  * Headers are deterministic (uid/gid 0, mtime 0) so the same disk always yields the same layer digest.
  */
-import { Readable } from 'node:stream';
-
 const BLOCK = 512;
 const OCTAL_SIZE_MAX = 0o77777777777; // 8 GiB - 1: larger sizes use the base-256 encoding (GNU, read by Go's archive/tar)
 
@@ -94,19 +92,19 @@ export function layerSize(fileName: string, size: number): number {
 
 /**
  * Frames `disk` (exactly `size` bytes) as the DVCR layer tar. Fails if the disk stream is shorter or longer.
+ * The chunks pass through as they come: an async iterable, not a Readable, whose reads would concatenate
+ * whatever it had buffered into fresh Buffers (a copy of most of the layer, measured about 90 ms of CPU per
+ * 683 MiB upload).
  */
-export function diskLayer(fileName: string, size: number, disk: AsyncIterable<Uint8Array>): Readable {
+export async function* diskLayer(fileName: string, size: number, disk: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
   const prefix = layerPrefix(fileName, size);
-  async function* frame(): AsyncGenerator<Uint8Array> {
-    yield prefix;
-    let n = 0;
-    for await (const chunk of disk) {
-      n += chunk.byteLength;
-      if (n > size) throw new Error(`disk file ${fileName} is longer than the ${size} bytes announced`);
-      yield chunk;
-    }
-    if (n !== size) throw new Error(`disk file ${fileName} ended after ${n} of ${size} bytes`);
-    yield layerSuffix(size);
+  yield prefix;
+  let n = 0;
+  for await (const chunk of disk) {
+    n += chunk.byteLength;
+    if (n > size) throw new Error(`disk file ${fileName} is longer than the ${size} bytes announced`);
+    yield chunk;
   }
-  return Readable.from(frame(), { objectMode: false, highWaterMark: 1024 * 1024 });
+  if (n !== size) throw new Error(`disk file ${fileName} ended after ${n} of ${size} bytes`);
+  yield layerSuffix(size);
 }

@@ -8,9 +8,9 @@ import { Readable } from 'node:stream';
 import tar from 'tar-stream';
 import { diskLayer, layerPrefix, layerSize } from '../../src/dvcr/layer.ts';
 
-async function collect(r: Readable): Promise<Buffer> {
+async function collect(r: AsyncIterable<Uint8Array>): Promise<Buffer> {
   const out: Buffer[] = [];
-  for await (const c of r) out.push(c as Buffer);
+  for await (const c of r) out.push(Buffer.from(c.buffer, c.byteOffset, c.byteLength));
   return Buffer.concat(out);
 }
 
