@@ -30,9 +30,11 @@ export function readBlob(
   desc: Pick<Descriptor, 'digest' | 'size'>,
   opts: BlobReadOptions = {},
 ): Readable {
+  // Each chunk stays the Buffer it arrived as: a byte-mode Readable's async iterator would hand out everything
+  // buffered as one fresh Buffer, copying most of the blob once more. 16 chunks of ~64 KiB: about 1 MiB ahead.
   return Readable.from(blobChunks(transport, retry, registry, repository, desc, opts), {
-    objectMode: false,
-    highWaterMark: 1024 * 1024,
+    objectMode: true,
+    highWaterMark: 16,
   });
 }
 
