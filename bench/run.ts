@@ -27,6 +27,7 @@ import { ImportQueue } from '../queues/imports.ts';
 import { createRedis } from '../queues/connection.ts';
 import { startRedis, startRegistry, type RedisServer, type RegistryServer } from '../src/stack/index.ts';
 import { buildImageLayout } from '../test/helpers/fixtures.ts';
+import { FILE_SERVER } from './file-server.ts';
 
 const run = promisify(execFile);
 const ROOT = new URL('..', import.meta.url).pathname;
@@ -330,18 +331,6 @@ async function curlUpload(registryUrl: string, repository: string, blob: { path:
   put.searchParams.set('digest', blob.digest);
   await run('curl', ['-sS', '--fail', '-X', 'PUT', '-o', '/dev/null', put.href]);
 }
-
-/** A file server on a free loopback port (argv[1] is the file); prints its port. */
-const FILE_SERVER = `
-const fs = require('node:fs');
-const file = process.argv[1];
-const size = fs.statSync(file).size;
-const srv = require('node:http').createServer((req, res) => {
-  res.writeHead(200, { 'content-length': String(size), 'content-type': 'application/octet-stream' });
-  fs.createReadStream(file, { highWaterMark: 1 << 20 }).pipe(res);
-});
-srv.listen(0, '127.0.0.1', () => console.log(srv.address().port));
-`;
 
 /** skopeo's blob-info cache (root's): where it remembers pushing blobs, so that it mounts them next time. */
 const SKOPEO_BLOB_CACHE = '/var/lib/containers/cache/blob-info-cache-v1.boltdb';
