@@ -5,7 +5,7 @@
  * VHD's footer) at their real offsets in a sparse file of the stream's length. Memory stays bounded (the
  * 64 KiB format head and a 1 MiB copy buffer): with the total length known the tail is written straight into
  * place, otherwise into a ring file of `tailBytes` that `seal()` copies into place. `dispose()` always removes
- * everything.
+ * everything. With `keep: 'probed'` a raw or ISO stream (never shown to qemu-img) writes no file at all.
  *
  *   const sample = await ProbeSample.create({ totalSize });
  *   try {
@@ -45,11 +45,20 @@ export interface ProbeSampleOptions {
    * start, so qemu-img sees the right file size even when probed before the stream has ended.
    */
   totalSize?: number;
+  /**
+   * `'file'` (default): the scratch file is made at `create()` and samples the stream whatever its format.
+   * `'probed'`: only a stream qemu-img will be asked about gets a file. Raw and ISO (their virtual size is their
+   * length) are sampled in memory: the format head and the last 512 bytes. The file is made when the format head
+   * shows another format, or by `seal()` when a raw stream ends in a fixed VHD's footer (the file then holds the
+   * format head and the footer at their real offsets: all qemu-img reads of a fixed VHD). `seal()` gives no path
+   * when no file was needed.
+   */
+  keep?: 'file' | 'probed';
 }
 
 export interface SealedSample {
-  /** The scratch file to probe. */
-  path: string;
+  /** The scratch file to probe; undefined when `keep: 'probed'` needed none (raw, ISO). */
+  path: string | undefined;
   /** Its length in bytes (the total size, or the bytes received when the total was not known). */
   size: number;
   /** Bytes received so far. */
@@ -62,19 +71,15 @@ export interface SealedSample {
 
 const COPY_BUFFER = 1024 * 1024;
 
+/** Formats whose virtual size is the stream's length: qemu-img is never asked about them. */
+const UNPROBED: ReadonlySet<string> = new Set(['raw', 'iso']);
+
 export class ProbeSample extends Writable {
   /** Creates the scratch folder and file. */
   static async create(opts: ProbeSampleOptions = {}): Promise<ProbeSample> {
-    const dir = await mkdtemp(join(opts.dir ?? tmpdir(), 'dvcr-probe-'));
-    try {
-      const fd = await openFd(join(dir, 'sample'), 'w+', 0o600);
-      const sample = new ProbeSample(dir, fd, opts);
-      if (opts.totalSize !== undefined) await fdTruncate(fd, opts.totalSize);
-      return sample;
-    } catch (e) {
-      await rm(dir, { recursive: true, force: true });
-      throw e;
-    }
+    const sample = new ProbeSample(opts);
+    if ((opts.keep ?? 'file') === 'file') await sample.#makeFile();
+    return sample;
   }
 
   /** Runs `fn` with a fresh sample and always disposes of it. */
@@ -87,12 +92,14 @@ export class ProbeSample extends Writable {
     }
   }
 
-  readonly path: string;
   readonly headBytes: number;
   readonly totalSize: number | undefined;
-  readonly #dir: string;
-  readonly #fd: number;
+  readonly #parent: string;
+  #dir: string | undefined;
+  #fd: number | undefined;
   #ringFd: number | undefined;
+  /** `keep: 'probed'`, raw or ISO: the last VHD_FOOTER_BYTES received (right-aligned), instead of a file. */
+  #lastBytes: Buffer | undefined;
   #tailBytes: number | 'auto';
   /** The first FORMAT_HEAD_BYTES, for format detection. */
   readonly #formatHead: Buffer;
@@ -102,16 +109,19 @@ export class ProbeSample extends Writable {
   #idle: Promise<void> = Promise.resolve();
   #disposed = false;
 
-  private constructor(dir: string, fd: number, opts: ProbeSampleOptions) {
+  private constructor(opts: ProbeSampleOptions) {
     // Not auto-destroyed at 'finish': the file stays open until seal() and dispose().
     super({ autoDestroy: false, highWaterMark: 1024 * 1024 });
-    this.#dir = dir;
-    this.#fd = fd;
-    this.path = join(dir, 'sample');
+    this.#parent = opts.dir ?? tmpdir();
     this.headBytes = Math.max(FORMAT_HEAD_BYTES, opts.headBytes ?? PROBE_HEAD_BYTES);
     this.totalSize = opts.totalSize;
     this.#tailBytes = opts.tailBytes ?? 'auto';
     this.#formatHead = Buffer.alloc(FORMAT_HEAD_BYTES);
+  }
+
+  /** The scratch file, once there is one. */
+  get path(): string | undefined {
+    return this.#dir === undefined ? undefined : join(this.#dir, 'sample');
   }
 
   /** Bytes received so far. */
@@ -137,6 +147,26 @@ export class ProbeSample extends Writable {
       chunk.copy(this.#formatHead, pos, 0, Math.min(chunk.length, FORMAT_HEAD_BYTES - pos));
       if (end >= FORMAT_HEAD_BYTES) this.#detect();
     }
+    if (this.#fd === undefined) {
+      if (!this.#info || UNPROBED.has(this.#info.format)) {
+        // In memory (keep: 'probed'): the format head, copied above, and the last bytes for a VHD footer.
+        this.#keepLast(chunk);
+        callback();
+        return;
+      }
+      // The head shows a format qemu-img will read: from here on the sample is a file, holding what came before.
+      this.#idle = this.#makeFile(pos).then(
+        () => new Promise<void>((res) => this.#place(chunk, pos, end, (e) => (res(), callback(e)))),
+        (e: Error) => callback(e),
+      );
+      return;
+    }
+    this.#place(chunk, pos, end, callback);
+  }
+
+  /** Writes the parts of a chunk that belong to the sample file (head, tail) at their offsets. */
+  #place(chunk: Buffer, pos: number, end: number, callback: (error?: Error | null) => void): void {
+    const fd = this.#fd!;
     // Everything before detection lies inside the head (headBytes >= FORMAT_HEAD_BYTES).
     const tail = this.tailBytes;
     const inHead = pos < this.headBytes;
@@ -148,11 +178,11 @@ export class ProbeSample extends Writable {
       return;
     }
     const jobs: Array<[fd: number, from: number, to: number, at: number]> = [];
-    if (inHead) jobs.push([this.#fd, 0, Math.min(end, this.headBytes) - pos, pos]);
+    if (inHead) jobs.push([fd, 0, Math.min(end, this.headBytes) - pos, pos]);
     if (inTail) {
       if (this.totalSize !== undefined) {
         const start = Math.max(pos, this.headBytes, this.totalSize - tail);
-        if (start < end) jobs.push([this.#fd, start - pos, end - pos, start]);
+        if (start < end) jobs.push([fd, start - pos, end - pos, start]);
       } else {
         // Only the last `tail` bytes of the chunk can matter; place them in the ring at p % tail.
         const start = Math.max(pos, this.headBytes, end - tail);
@@ -205,16 +235,29 @@ export class ProbeSample extends Writable {
     if (!this.#info) this.#detect();
     const size = this.totalSize === undefined ? received : Math.max(this.totalSize, received);
     const tail = this.tailBytes;
-    if (this.totalSize === undefined) {
-      await fdTruncate(this.#fd, size);
+    const fd = this.#fd;
+    if (fd !== undefined && this.totalSize === undefined) {
+      await fdTruncate(fd, size);
       if (tail > 0 && received > this.headBytes) await this.#copyRing(received, tail);
     }
     let info = this.#info!;
     if (complete && info.format === 'raw' && size >= VHD_FOOTER_BYTES) {
-      const footer = Buffer.alloc(VHD_FOOTER_BYTES);
-      await readAll(this.#fd, footer, size - VHD_FOOTER_BYTES);
+      let footer = this.#lastBytes;
+      if (fd !== undefined) {
+        footer = Buffer.alloc(VHD_FOOTER_BYTES);
+        await readAll(fd, footer, size - VHD_FOOTER_BYTES);
+      }
       info = detectFormat(this.#formatHead.subarray(0, Math.min(received, FORMAT_HEAD_BYTES)), { tail: footer });
       this.#info = info;
+      if (fd === undefined && info.format === 'vhd') {
+        // A fixed VHD kept in memory: qemu-img reads its footer at the end of a file of the stream's length.
+        await this.#makeFile(Math.min(received, FORMAT_HEAD_BYTES), size);
+        await writeAllAsync(this.#fd!, footer!, size - VHD_FOOTER_BYTES);
+      }
+    }
+    if (this.#fd === undefined && !UNPROBED.has(info.format)) {
+      // A stream shorter than the format head, in a format qemu-img reads: all of it is in the head.
+      await this.#makeFile(Math.min(received, FORMAT_HEAD_BYTES), size);
     }
     return { path: this.path, size, received, complete, info };
   }
@@ -225,9 +268,32 @@ export class ProbeSample extends Writable {
     this.#disposed = true;
     if (!this.destroyed) this.destroy();
     await this.#idle;
-    await closeFd(this.#fd);
+    if (this.#fd !== undefined) await closeFd(this.#fd);
     if (this.#ringFd !== undefined) await closeFd(this.#ringFd);
-    await rm(this.#dir, { recursive: true, force: true });
+    if (this.#dir !== undefined) await rm(this.#dir, { recursive: true, force: true });
+  }
+
+  /**
+   * Makes the scratch folder and file, of the total length when known (or `length`), holding the first
+   * `headSoFar` bytes of the format head: what arrived before the sample became a file.
+   */
+  async #makeFile(headSoFar = 0, length = this.totalSize): Promise<void> {
+    this.#dir = await mkdtemp(join(this.#parent, 'dvcr-probe-'));
+    this.#fd = await openFd(join(this.#dir, 'sample'), 'w+', 0o600);
+    if (length !== undefined) await fdTruncate(this.#fd, length);
+    if (headSoFar > 0) await writeAllAsync(this.#fd, this.#formatHead.subarray(0, headSoFar), 0);
+    this.#openRing();
+  }
+
+  /** Keeps the last VHD_FOOTER_BYTES received, right-aligned in #lastBytes. */
+  #keepLast(chunk: Buffer): void {
+    const last = (this.#lastBytes ??= Buffer.alloc(VHD_FOOTER_BYTES));
+    if (chunk.length >= last.length) {
+      chunk.copy(last, 0, chunk.length - last.length);
+    } else {
+      last.copy(last, 0, chunk.length);
+      chunk.copy(last, last.length - chunk.length);
+    }
   }
 
   #detect(): void {
@@ -237,7 +303,12 @@ export class ProbeSample extends Writable {
     if (this.#tailBytes === 'auto') {
       this.#tailBytes = info.format === 'vmdk' ? VMDK_TAIL_BYTES : info.format === 'raw' ? VHD_FOOTER_BYTES : 0;
     }
-    if (this.#tailBytes > 0 && this.totalSize === undefined && this.#ringFd === undefined) {
+    this.#openRing();
+  }
+
+  /** Opens the tail ring when a tail is kept, the total length is unknown and there is a scratch folder. */
+  #openRing(): void {
+    if (this.#tailBytes !== 'auto' && this.#tailBytes > 0 && this.totalSize === undefined && this.#ringFd === undefined && this.#dir !== undefined) {
       // Synchronous open is fine here: once per sample, at the end of the format head.
       this.#ringFd = openRingSync(join(this.#dir, 'tail.ring'));
     }
@@ -252,7 +323,7 @@ export class ProbeSample extends Writable {
       const ringAt = p % tail;
       const n = Math.min(buf.length, size - p, tail - ringAt);
       await readAll(ring, buf.subarray(0, n), ringAt);
-      await new Promise<void>((res, rej) => writeAll(this.#fd, buf, 0, n, p, (e) => (e ? rej(e) : res())));
+      await writeAllAsync(this.#fd!, buf.subarray(0, n), p);
       p += n;
     }
   }
@@ -271,6 +342,10 @@ function writeAll(
     else if (written < length) writeAll(fd, buf, offset + written, length - written, position + written, cb);
     else cb(null);
   });
+}
+
+function writeAllAsync(fd: number, buf: Buffer, position: number): Promise<void> {
+  return new Promise((res, rej) => writeAll(fd, buf, 0, buf.length, position, (e) => (e ? rej(e) : res())));
 }
 
 function readAll(fd: number, buf: Buffer, position: number): Promise<void> {

@@ -180,7 +180,8 @@ async function streamIntoDvcr(
   opts: StoreDiskOptions,
 ): Promise<StoredDisk> {
   const { signal, limits } = opts;
-  const sample = await ProbeSample.create({ dir: opts.tmpDir, totalSize: size, headBytes: limits.probeSampleBytes });
+  // Raw and ISO are sampled in memory (no qemu-img for them); other formats in a scratch file.
+  const sample = await ProbeSample.create({ dir: opts.tmpDir, totalSize: size, headBytes: limits.probeSampleBytes, keep: 'probed' });
   try {
     const hash = new MultiHash(['sha256']);
     let checked = false;
@@ -213,7 +214,7 @@ async function streamIntoDvcr(
     // to outside the file, and the virtual size is the length. Everything else is probed.
     const virtualSize = format === 'raw' || format === 'iso'
       ? size
-      : (await probeImage(sealed.path, { format, maxVirtualSize: limits.maxVirtualSize, signal, displayName: fileName })).virtualSize;
+      : (await probeImage(sealed.path!, { format, maxVirtualSize: limits.maxVirtualSize, signal, displayName: fileName })).virtualSize;
     assertVirtualSize(virtualSize, limits.maxVirtualSize);
     return {
       layer: { digest: layer.digest, size: layer.size },

@@ -234,8 +234,8 @@ describe('ProbeSample', () => {
       const sealed = await sample.seal();
       expect(sealed).toMatchObject({ size: src.length, received: src.length, complete: true });
       expect(sealed.info).toMatchObject({ format: 'qcow2', virtualSize: 4 * MiB });
-      expect(readFileSync(sealed.path).equals(src)).toBe(true);
-      expect((await probeImage(sealed.path, { format: sealed.info.format })).virtualSize).toBe(4 * MiB);
+      expect(readFileSync(sealed.path!).equals(src)).toBe(true);
+      expect((await probeImage(sealed.path!, { format: sealed.info.format })).virtualSize).toBe(4 * MiB);
     });
   });
 
@@ -253,10 +253,10 @@ describe('ProbeSample', () => {
       const { path, size, info } = await sample.seal();
       expect(size).toBe(total);
       expect(info.format).toBe('raw');
-      const st = statSync(path);
+      const st = statSync(path!);
       expect(st.size).toBe(total);
       expect(st.blocks * 512).toBeLessThan(9 * MiB + 64 * 1024);
-      expect((await probeImage(path, { format: 'raw' })).virtualSize).toBe(total);
+      expect((await probeImage(path!, { format: 'raw' })).virtualSize).toBe(total);
     });
   });
 
@@ -269,54 +269,56 @@ describe('ProbeSample', () => {
       expect(early).toMatchObject({ size: src.length, received: 70_000, complete: false });
       expect(early.info.format).toBe('qcow2');
       expect(sample.info?.format).toBe('qcow2');
-      expect((await probeImage(early.path, { format: 'qcow2' })).virtualSize).toBe(64 * MiB);
+      expect((await probeImage(early.path!, { format: 'qcow2' })).virtualSize).toBe(64 * MiB);
       sample.end(src.subarray(70_000));
     });
   });
 
-  for (const known of [true, false]) {
-    it(`fixed VHD: the footer at the end is kept and recognised (total ${known ? 'known' : 'unknown'})`, async () => {
+  for (const [known, keep] of [[true, 'file'], [false, 'file'], [true, 'probed'], [false, 'probed']] as const) {
+    it(`fixed VHD: the footer at the end is kept and recognised (total ${known ? 'known' : 'unknown'}, keep: ${keep})`, async () => {
       const src = readFileSync(f('fixed.vhd'));
       await ProbeSample.with(
-        { headBytes: FORMAT_HEAD_BYTES, totalSize: known ? src.length : undefined },
+        { headBytes: FORMAT_HEAD_BYTES, totalSize: known ? src.length : undefined, keep },
         async (sample) => {
           await pipeline(chunked(src, 999), sample);
           expect(sample.tailBytes).toBe(512);
           const { path, size, info } = await sample.seal();
           expect(size).toBe(src.length);
           expect(info).toMatchObject({ format: 'vhd', subformat: 'fixed', footerAtEnd: true });
-          const r = await probeImage(path, { format: 'vhd' });
+          // keep: 'probed' held it as raw in memory until the footer showed a VHD: the file has head + footer.
+          expect(statSync(path!).size).toBe(src.length);
+          const r = await probeImage(path!, { format: 'vhd' });
           expect(r.virtualSize).toBe(src.length - 512);
         },
       );
     });
 
-    it(`stream-optimised VMDK with its footer at the end: probes from head + tail (total ${known ? 'known' : 'unknown'})`, async () => {
+    it(`stream-optimised VMDK with its footer at the end: probes from head + tail (total ${known ? 'known' : 'unknown'}, keep: ${keep})`, async () => {
       const src = readFileSync(f('footer.vmdk'));
       expect(src.length).toBeGreaterThan(2 * MiB);
-      const opts = { headBytes: FORMAT_HEAD_BYTES, totalSize: known ? src.length : undefined };
+      const opts = { headBytes: FORMAT_HEAD_BYTES, totalSize: known ? src.length : undefined, keep };
       // 'auto' keeps the last 50 MiB of a VMDK: here that is everything after the head.
       await ProbeSample.with(opts, async (sample) => {
         await pipeline(chunked(src, 4097), sample);
         expect(sample.tailBytes).toBe(VMDK_TAIL_BYTES);
         const { path, info } = await sample.seal();
         expect(info).toMatchObject({ format: 'vmdk', subformat: 'streamOptimized', footerAtEnd: true });
-        expect(readFileSync(path).equals(src)).toBe(true);
-        expect((await probeImage(path, { format: 'vmdk' })).virtualSize).toBe(4 * MiB);
+        expect(readFileSync(path!).equals(src)).toBe(true);
+        expect((await probeImage(path!, { format: 'vmdk' })).virtualSize).toBe(4 * MiB);
       });
       // The footer alone (last 1536 bytes) is what qemu-img info needs besides the head.
       await ProbeSample.with({ ...opts, tailBytes: 4096 }, async (sample) => {
         await pipeline(chunked(src, 4097), sample);
         const { path, size } = await sample.seal();
         expect(size).toBe(src.length);
-        expect(readFileSync(path).equals(src)).toBe(false);
-        expect((await probeImage(path, { format: 'vmdk' })).virtualSize).toBe(4 * MiB);
+        expect(readFileSync(path!).equals(src)).toBe(false);
+        expect((await probeImage(path!, { format: 'vmdk' })).virtualSize).toBe(4 * MiB);
       });
       // Without the tail qemu-img cannot find the grain directory.
       await ProbeSample.with({ ...opts, tailBytes: 0 }, async (sample) => {
         await pipeline(chunked(src, 4097), sample);
         const { path } = await sample.seal();
-        const e = await rejection(path, { format: 'vmdk' });
+        const e = await rejection(path!, { format: 'vmdk' });
         expect(e.reason).toBe('ProbeFailed');
         expect(e.message).toContain('Invalid footer');
       });
@@ -329,7 +331,67 @@ describe('ProbeSample', () => {
       await pipeline(chunked(src), sample);
       const { path, size } = await sample.seal();
       expect(size).toBe(src.length);
-      expect((await probeImage(path, { format: 'vmdk' })).virtualSize).toBe(4 * MiB);
+      expect((await probeImage(path!, { format: 'vmdk' })).virtualSize).toBe(4 * MiB);
+    });
+  });
+
+  describe("keep: 'probed'", () => {
+    /** Runs a probed-mode sample in a scratch parent of its own; returns what seal() said and what was on disk. */
+    async function probed(src: Buffer, seed: number, totalSize: number | undefined) {
+      const parent = mkdtempSync(join(tmpdir(), 'probed-'));
+      try {
+        return await ProbeSample.with({ dir: parent, totalSize, keep: 'probed' }, async (sample) => {
+          await pipeline(chunked(src, seed), sample);
+          const filesBeforeSeal = readdirSync(parent).length;
+          const sealed = await sample.seal();
+          const file = sealed.path === undefined ? undefined : readFileSync(sealed.path);
+          const probe = sealed.path === undefined ? undefined : await probeImage(sealed.path, { format: sealed.info.format });
+          return { sealed, file, probe, filesBeforeSeal, filesAfterSeal: readdirSync(parent).length };
+        });
+      } finally {
+        expect(readdirSync(parent)).toEqual([]);
+        rmSync(parent, { recursive: true, force: true });
+      }
+    }
+
+    it('raw and ISO streams write no file at all, whatever the chunking', async () => {
+      const raw = readFileSync(f('disk.raw'));
+      const iso = readFileSync(f('disk.iso'));
+      for (const [src, format] of [[raw, 'raw'], [iso, 'iso']] as const) {
+        for (const seed of [1, 999, 70_000, MiB]) {
+          for (const totalSize of [src.length, undefined]) {
+            const r = await probed(src, seed, totalSize);
+            expect(r.sealed).toMatchObject({ path: undefined, size: src.length, received: src.length, complete: true });
+            expect(r.sealed.info.format).toBe(format);
+            expect(r.filesBeforeSeal + r.filesAfterSeal).toBe(0);
+          }
+        }
+      }
+    });
+
+    it('a format qemu-img reads becomes a file at the format head, holding every byte before it (any chunking)', async () => {
+      const src = readFileSync(f('converted.qcow2'));
+      // Chunk sizes that put the end of the 64 KiB format head inside a chunk, at its end, and in the first chunk.
+      for (const seed of [1, 999, 65_536, MiB]) {
+        for (const totalSize of [src.length, undefined]) {
+          const r = await probed(src, seed, totalSize);
+          expect(r.filesBeforeSeal).toBe(1);
+          expect(r.sealed.info).toMatchObject({ format: 'qcow2', virtualSize: 4 * MiB });
+          expect(r.file!.equals(src)).toBe(true);
+          expect(r.probe!.virtualSize).toBe(4 * MiB);
+        }
+      }
+    });
+
+    it('a qcow2 shorter than the format head gets its file at seal()', async () => {
+      qemuImg('create', '-q', '-f', 'qcow2', '-o', 'cluster_size=512', 'tiny.qcow2', '3M');
+      const src = readFileSync(f('tiny.qcow2'));
+      expect(src.length).toBeLessThan(FORMAT_HEAD_BYTES);
+      const r = await probed(src, 100, undefined);
+      expect(r.filesBeforeSeal).toBe(0);
+      expect(r.filesAfterSeal).toBe(1);
+      expect(r.file!.equals(src)).toBe(true);
+      expect(r.probe!.virtualSize).toBe(3 * MiB);
     });
   });
 
@@ -347,14 +409,14 @@ describe('ProbeSample', () => {
           await pipeline(chunked(src, seed), sample);
           const { path, size } = await sample.seal();
           expect(size).toBe(len);
-          const got = readFileSync(path);
+          const got = readFileSync(path!);
           const headEnd = Math.min(len, FORMAT_HEAD_BYTES);
           const tailStart = Math.max(headEnd, len - tail);
           expect(got.subarray(0, headEnd).equals(src.subarray(0, headEnd))).toBe(true);
           expect(got.subarray(tailStart).equals(src.subarray(tailStart))).toBe(true);
           expect(got.subarray(headEnd, tailStart).every((b) => b === 0)).toBe(true);
-          for (const name of readdirSync(join(path, '..'))) {
-            expect(statSync(join(path, '..', name)).size).toBeLessThanOrEqual(Math.max(len, tail));
+          for (const name of readdirSync(join(path!, '..'))) {
+            expect(statSync(join(path!, '..', name)).size).toBeLessThanOrEqual(Math.max(len, tail));
           }
         });
       }
@@ -365,7 +427,7 @@ describe('ProbeSample', () => {
     let path = '';
     await expect(
       ProbeSample.with({}, async (sample) => {
-        path = sample.path;
+        path = sample.path!;
         await pipeline(createReadStream(f('v3.qcow2')), sample);
         throw new Error('boom');
       }),
@@ -377,7 +439,7 @@ describe('ProbeSample', () => {
     s.write(Buffer.alloc(FORMAT_HEAD_BYTES + 10));
     await s.dispose();
     await s.dispose();
-    expect(existsSync(join(s.path, '..'))).toBe(false);
+    expect(existsSync(join(s.path!, '..'))).toBe(false);
     await expect(s.seal()).rejects.toThrow(/after dispose/);
   });
 });
