@@ -5,6 +5,7 @@
  *
  *   BENCH_SIZE=1Gi       size of the large disk (data in the qcow2)
  *   BENCH_SMALL=500      number of 1 MiB images (each its own random disk) in the many-small scenario
+ *   BENCH_SMALL_THREADS=2  import threads of each of its 2 worker processes (WORKER_CONCURRENCY; 2 is its default)
  *   BENCH_MEMORY_SIZES=1Gi,10Gi  sizes for the memory scenario (building the 10Gi fixture takes about 3 minutes
  *                        the first time; fixtures are cached in bench/work, about 12 GiB with it)
  *   BENCH_ONLY=registry,http,memory,small,scaling   scenarios to run
@@ -42,6 +43,7 @@ function parseSize(s: string): number {
 const env = process.env;
 const SIZE = parseSize(env.BENCH_SIZE ?? '1Gi');
 const SMALL = Number(env.BENCH_SMALL ?? 500);
+const SMALL_THREADS = Number(env.BENCH_SMALL_THREADS ?? 2);
 const MEMORY_SIZES = (env.BENCH_MEMORY_SIZES ?? '1Gi,10Gi').split(',').map(parseSize);
 const REPEAT = Math.max(1, Number(env.BENCH_REPEAT ?? 3));
 const ONLY = new Set((env.BENCH_ONLY ?? 'registry,http,memory,small,scaling').split(','));
@@ -493,7 +495,7 @@ async function smallScenario(stack: Stack): Promise<void> {
       }),
     ),
   );
-  const workers = await warmWorkers(stack, 2, 4);
+  const workers = await warmWorkers(stack, 2, SMALL_THREADS);
   try {
     const ours = await timedCpu(`${SMALL} small images, ours`, stack, workers, () => importAll(stack, refs.map((r, i) => cvi(`small-${i}`, { type: 'ContainerImage', containerImage: { image: r } }))));
     const ourRate = SMALL / (ours.ms / 1000);
@@ -504,7 +506,7 @@ async function smallScenario(stack: Stack): Promise<void> {
     const ceiling = registriesCpu > 0 ? (cpus().length * SMALL) / registriesCpu : Infinity;
     const workersCpu = Object.entries(ours.cpu).filter(([k]) => k.startsWith('worker')).reduce((a, [, v]) => a + v, 0);
     rows.push({
-      scenario: `${SMALL} imports of 1 MiB images (2 worker processes x 4)`,
+      scenario: `${SMALL} imports of 1 MiB images (2 worker processes x ${SMALL_THREADS})`,
       ours: `${ourRate.toFixed(1)} images/s`,
       peer: `skopeo x8 ${peerRate.toFixed(1)} images/s`,
       ratio: `${ratio.toFixed(2)}x`,
