@@ -22,7 +22,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
-import { detectFormat, FORMAT_HEAD_BYTES, VHD_FOOTER_BYTES, type DiskInfo } from './format.ts';
+import { detectFormat, FORMAT_HEAD_BYTES, VHD_FOOTER_BYTES, type DiskFormat, type DiskInfo } from './format.ts';
 
 /** Head qemu-img gets by default: what upstream importers probe. */
 export const PROBE_HEAD_BYTES = 64 * 1024 * 1024;
@@ -72,13 +72,20 @@ export interface SealedSample {
 const COPY_BUFFER = 1024 * 1024;
 
 /** Formats whose virtual size is the stream's length: qemu-img is never asked about them. */
-const UNPROBED: ReadonlySet<string> = new Set(['raw', 'iso']);
+const UNPROBED: ReadonlySet<DiskFormat> = new Set<DiskFormat>(['raw', 'iso']);
 
 export class ProbeSample extends Writable {
-  /** Creates the scratch folder and file. */
+  /** A new sample; with `keep: 'file'` (the default) its scratch folder and file are made at once. */
   static async create(opts: ProbeSampleOptions = {}): Promise<ProbeSample> {
     const sample = new ProbeSample(opts);
-    if ((opts.keep ?? 'file') === 'file') await sample.#makeFile();
+    if ((opts.keep ?? 'file') === 'file') {
+      try {
+        await sample.#makeFile();
+      } catch (e) {
+        await sample.dispose();
+        throw e;
+      }
+    }
     return sample;
   }
 
