@@ -10,6 +10,8 @@ COPY bin ./bin
 COPY src ./src
 COPY queues ./queues
 COPY workers ./workers
+# Worker processes bundle the import thread's code into this cache at start (workers/thread-entry.ts).
+RUN mkdir -p node_modules/.cache/dvcr-importer && chown node node_modules/.cache/dvcr-importer
 USER node
 ENV NODE_ENV=production
 ENTRYPOINT ["node", "bin/dvcr-importer.js"]

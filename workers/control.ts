@@ -13,8 +13,6 @@
  * Failure policy (retry, back to waiting, Failed) stays with the caller: it differs between a queued import and
  * an upload whose bytes cannot be read twice.
  */
-import { createRequire } from 'node:module';
-import { pathToFileURL } from 'node:url';
 import { MessageChannel, type TransferListItem } from 'node:worker_threads';
 import type { Piscina } from 'piscina';
 import type { Logger } from 'pino';
@@ -35,13 +33,6 @@ import type { ThreadTaskInput, ThreadTaskResult } from './import.thread.ts';
 export const STATUS_INTERVAL_MS = 1000;
 /** After a cooperative abort, how long the thread gets before it is terminated. */
 export const ABORT_GRACE_MS = 10_000;
-
-/** `execArgv` for piscina threads: the project runs TypeScript through tsx, and threads need the loader too. */
-export function tsxImport(): string[] {
-  // Node 20 cannot load .ts in a worker thread by itself.
-  const require = createRequire(import.meta.url);
-  return ['--import', pathToFileURL(require.resolve('tsx')).href];
-}
 
 /** Current speed over a sliding window, and the average since the attempt began. */
 export class SpeedMeter {

@@ -23,7 +23,8 @@ import {
 import type { ImportFailure, ImportTask } from '../src/pipeline/types.ts';
 import { createRedis } from '../queues/connection.ts';
 import { JobFailure, startImportWorker, type ImportJob, type ImportJobResult, type ImportWorkerHandle } from '../queues/imports.ts';
-import { ImportControl, tsxImport } from './control.ts';
+import { ImportControl } from './control.ts';
+import { threadEntry } from './thread-entry.ts';
 import type { ThreadTaskInput, ThreadTaskResult } from './import.thread.ts';
 import { resolveObjectRef, type ObjectRefTaskSource } from './object-ref.ts';
 
@@ -94,9 +95,11 @@ export function startWorker(opts: ImportWorkerOptions): RunningImportWorker {
   const redis: Redis = createRedis(config.redisUrl, 'worker');
   const store = new ImageStore({ redis, prefix: `${config.redisPrefix}:images` });
   const stats = new ImportStats(redis, store.prefix);
+  const entry = threadEntry(new URL('./import.thread.ts', import.meta.url));
+  if (entry.fallback) logger.warn({ err: entry.fallback }, 'import threads load the TypeScript through tsx: bundling failed');
   const pool = new Piscina<ThreadTaskInput, ThreadTaskResult>({
-    filename: new URL('./import.thread.ts', import.meta.url).href,
-    execArgv: tsxImport(),
+    filename: entry.filename,
+    execArgv: entry.execArgv,
     workerData: { config },
     // Threads stay warm: starting one (and loading the TypeScript) costs about a second.
     minThreads: threads,

@@ -17,7 +17,8 @@ import { dvcrHost, type Config } from '../src/config.ts';
 import { dvcrRepository, onProvisioningStarted, refOf, StaleWriteError, type Image, type ImageStore, type ImportStats } from '../src/images/index.ts';
 import type { ImportTask } from '../src/pipeline/types.ts';
 import { sendUploadBody } from '../src/sources/upload.ts';
-import { ImportControl, tsxImport } from './control.ts';
+import { ImportControl } from './control.ts';
+import { threadEntry } from './thread-entry.ts';
 import type { ThreadTaskInput, ThreadTaskResult } from './import.thread.ts';
 
 export interface UploadRunnerOptions {
@@ -53,9 +54,11 @@ export function buildUploadTask(image: Image, config: Config, body: MessagePort,
 
 export function startUploadRunner(opts: UploadRunnerOptions): UploadRunner {
   const { config, logger, store, stats } = opts;
+  const entry = threadEntry(new URL('./import.thread.ts', import.meta.url));
+  if (entry.fallback) logger.warn({ err: entry.fallback }, 'upload threads load the TypeScript through tsx: bundling failed');
   const pool = new Piscina<ThreadTaskInput, ThreadTaskResult>({
-    filename: new URL('./import.thread.ts', import.meta.url).href,
-    execArgv: tsxImport(),
+    filename: entry.filename,
+    execArgv: entry.execArgv,
     workerData: { config },
     minThreads: 0,
     maxThreads: opts.threads ?? config.workerConcurrency,
