@@ -8,6 +8,7 @@
  *   BENCH_SMALL_THREADS=2  import threads of each of its 2 worker processes (WORKER_CONCURRENCY; 2 is its default)
  *   BENCH_MEMORY_SIZES=1Gi,10Gi  sizes for the memory scenario (building the 10Gi fixture takes about 3 minutes
  *                        the first time; fixtures are cached in bench/work, about 12 GiB with it)
+ *   BENCH_MEMORY_THREADS=2  import threads of the worker in the memory scenario (WORKER_CONCURRENCY's default)
  *   BENCH_ONLY=registry,http,memory,small,scaling   scenarios to run
  *   BENCH_REPEAT=3       alternating runs of ours and the peer in the registry and HTTP scenarios (medians shown)
  *   BENCH_PROFILE=dir    write V8 CPU profiles of the worker processes (and their threads) into dir
@@ -46,6 +47,7 @@ const SIZE = parseSize(env.BENCH_SIZE ?? '1Gi');
 const SMALL = Number(env.BENCH_SMALL ?? 500);
 const SMALL_THREADS = Number(env.BENCH_SMALL_THREADS ?? 2);
 const MEMORY_SIZES = (env.BENCH_MEMORY_SIZES ?? '1Gi,10Gi').split(',').map(parseSize);
+const MEMORY_THREADS = Number(env.BENCH_MEMORY_THREADS ?? 2);
 const REPEAT = Math.max(1, Number(env.BENCH_REPEAT ?? 3));
 const ONLY = new Set((env.BENCH_ONLY ?? 'registry,http,memory,small,scaling').split(','));
 const human = (n: number) => (n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(1)} GiB` : `${Math.round(n / 2 ** 20)} MiB`);
@@ -448,7 +450,7 @@ async function memoryScenario(stack: Stack): Promise<void> {
     const layout = await layoutFixture(disk, 'gzip');
     const tag = `mem-${bytes}`;
     await skopeo(['copy', '--dest-tls-verify=false', layout, `docker://${stack.source.hostPort}/bench/disk:${tag}`]);
-    const w = workerProcess(stack, 1);
+    const w = workerProcess(stack, MEMORY_THREADS);
     try {
       await importAll(stack, [cvi(uniq('mem'), { type: 'ContainerImage', containerImage: { image: `${stack.source.hostPort}/bench/disk:${tag}` } })]);
       peaks.push([bytes, w.peakRss()]);
@@ -459,7 +461,7 @@ async function memoryScenario(stack: Stack): Promise<void> {
   const max = Math.max(...peaks.map(([, p]) => p));
   const growth = peaks.length > 1 ? peaks.at(-1)![1] - peaks[0]![1] : 0;
   rows.push({
-    scenario: `Memory: worker peak RSS importing ${peaks.map(([b]) => human(b)).join(' / ')}`,
+    scenario: `Memory: worker peak RSS importing ${peaks.map(([b]) => human(b)).join(' / ')} (${MEMORY_THREADS} import threads)`,
     ours: peaks.map(([, p]) => human(p)).join(' / '),
     peer: '-',
     ratio: '-',
