@@ -25,6 +25,7 @@ import { createRedis } from '../queues/connection.ts';
 import { JobFailure, startImportWorker, type ImportJob, type ImportJobResult, type ImportWorkerHandle } from '../queues/imports.ts';
 import { ImportControl } from './control.ts';
 import { threadEntry } from './thread-entry.ts';
+import { projectFile } from '../src/paths.ts';
 import type { ThreadTaskInput, ThreadTaskResult } from './import.thread.ts';
 import { resolveObjectRef, type ObjectRefTaskSource } from './object-ref.ts';
 
@@ -95,7 +96,7 @@ export function startWorker(opts: ImportWorkerOptions): RunningImportWorker {
   const redis: Redis = createRedis(config.redisUrl, 'worker');
   const store = new ImageStore({ redis, prefix: `${config.redisPrefix}:images` });
   const stats = new ImportStats(redis, store.prefix);
-  const entry = threadEntry(new URL('./import.thread.ts', import.meta.url));
+  const entry = threadEntry(projectFile('workers/import.thread.ts'));
   if (entry.fallback) logger.warn({ err: entry.fallback }, 'import threads load the TypeScript through tsx: bundling failed');
   const pool = new Piscina<ThreadTaskInput, ThreadTaskResult>({
     filename: entry.filename,

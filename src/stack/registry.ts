@@ -3,12 +3,12 @@
  * storage folder. Never `apt-get install docker-registry`: `npm run setup` unpacks the binary into .tools/.
  */
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { stringify } from 'yaml';
 import { freePort, spawnService, waitUntilReady, type ServiceProcess } from './process.ts';
+import { PROJECT_ROOT } from '../paths.ts';
 
 export type RegistryAuth =
   | { kind: 'none' }
@@ -41,12 +41,11 @@ export interface RegistryServer {
   stop(): Promise<void>;
 }
 
-const projectRoot = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 
 export function findRegistryBinary(): string {
   const fromEnv = process.env.DVCR_REGISTRY_BIN;
   if (fromEnv) return fromEnv;
-  const local = join(projectRoot, '.tools', 'bin', 'docker-registry');
+  const local = join(PROJECT_ROOT, '.tools', 'bin', 'docker-registry');
   if (existsSync(local)) return local;
   for (const dir of (process.env.PATH ?? '').split(':')) {
     for (const name of ['docker-registry', 'registry']) {

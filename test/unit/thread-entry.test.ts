@@ -1,8 +1,12 @@
-/** The import thread's code bundled for piscina: plain JavaScript that a thread loads without tsx. */
+/** Our TypeScript bundled to run without tsx: the import thread's code (piscina) and the CLI (bin). */
+import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
+import { dirname } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { describe, expect, it } from 'vitest';
+import { bundle, BUNDLE_CACHE } from '../../bin/bundle.mjs';
+import { PROJECT_ROOT, projectFile } from '../../src/paths.ts';
 import { threadEntry } from '../../workers/thread-entry.ts';
 
 const THREAD = new URL('../../workers/import.thread.ts', import.meta.url);
@@ -46,5 +50,27 @@ describe('threadEntry', () => {
     expect(entry.execArgv[0]).toBe('--import');
     expect(entry.execArgv[1]).toContain('tsx');
     expect(entry.fallback).toMatch(/no-such-thread/);
+  });
+});
+
+describe('bundles and the project root', () => {
+  const root = fileURLToPath(new URL('../..', import.meta.url)).replace(/\/$/, '');
+
+  it('PROJECT_ROOT is the project folder, from the source and from a bundle in the cache', async () => {
+    expect(PROJECT_ROOT).toBe(root);
+    expect(fileURLToPath(projectFile('package.json'))).toBe(`${root}/package.json`);
+    const file = bundle(fileURLToPath(new URL('../../src/paths.ts', import.meta.url)));
+    expect(dirname(file)).toBe(BUNDLE_CACHE);
+    const bundled = (await import(pathToFileURL(file).href)) as { PROJECT_ROOT: string };
+    expect(bundled.PROJECT_ROOT).toBe(root);
+  });
+
+  it('the command runs from a bundle, without tsx: --version reads package.json from there', () => {
+    const version = (JSON.parse(readFileSync(`${root}/package.json`, 'utf8')) as { version: string }).version;
+    const run = spawnSync(process.execPath, [`${root}/bin/dvcr-importer.js`, '--version'], { encoding: 'utf8' });
+    expect(run.status).toBe(0);
+    expect(run.stdout.trim()).toBe(version);
+    // The fallback says so on stderr ("running through tsx"): nothing there means the bundle ran.
+    expect(run.stderr).toBe('');
   });
 });
