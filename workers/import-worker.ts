@@ -24,8 +24,7 @@ import type { ImportFailure, ImportTask } from '../src/pipeline/types.ts';
 import { createRedis } from '../queues/connection.ts';
 import { JobFailure, startImportWorker, type ImportJob, type ImportJobResult, type ImportWorkerHandle } from '../queues/imports.ts';
 import { ImportControl } from './control.ts';
-import { threadEntry } from './thread-entry.ts';
-import { projectFile } from '../src/paths.ts';
+import { importThreadOptions } from './thread-entry.ts';
 import type { ThreadTaskInput, ThreadTaskResult } from './import.thread.ts';
 import { resolveObjectRef, type ObjectRefTaskSource } from './object-ref.ts';
 
@@ -96,13 +95,10 @@ export function startWorker(opts: ImportWorkerOptions): RunningImportWorker {
   const redis: Redis = createRedis(config.redisUrl, 'worker');
   const store = new ImageStore({ redis, prefix: `${config.redisPrefix}:images` });
   const stats = new ImportStats(redis, store.prefix);
-  const entry = threadEntry(projectFile('workers/import.thread.ts'));
-  if (entry.fallback) logger.warn({ err: entry.fallback }, 'import threads load the TypeScript through tsx: bundling failed');
   const pool = new Piscina<ThreadTaskInput, ThreadTaskResult>({
-    filename: entry.filename,
-    execArgv: entry.execArgv,
+    ...importThreadOptions(logger),
     workerData: { config },
-    // Threads stay warm: starting one (and loading the TypeScript) costs about a second.
+    // Threads stay warm: starting one (and loading its modules) takes a moment.
     minThreads: threads,
     maxThreads: threads,
     idleTimeout: 60_000,

@@ -7,7 +7,9 @@
  */
 import { createRequire } from 'node:module';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import type { Logger } from 'pino';
 import { bundle } from '../bin/bundle.mjs';
+import { projectFile } from '../src/paths.ts';
 
 export interface ThreadEntry {
   /** The module piscina loads (a file: URL). */
@@ -32,6 +34,13 @@ export function threadEntry(source: URL): ThreadEntry {
   }
   built.set(source.href, entry);
   return entry;
+}
+
+/** The piscina `filename` and `execArgv` for import threads (workers/import.thread.ts); logs a fallback to tsx. */
+export function importThreadOptions(logger: Pick<Logger, 'warn'>): { filename: string; execArgv: string[] } {
+  const entry = threadEntry(projectFile('workers/import.thread.ts'));
+  if (entry.fallback) logger.warn({ err: entry.fallback }, 'import threads load the TypeScript through tsx: bundling failed');
+  return { filename: entry.filename, execArgv: entry.execArgv };
 }
 
 /** execArgv that lets a thread load TypeScript (Node 20 cannot by itself). */

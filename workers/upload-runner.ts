@@ -18,8 +18,7 @@ import { dvcrRepository, onProvisioningStarted, refOf, StaleWriteError, type Ima
 import type { ImportTask } from '../src/pipeline/types.ts';
 import { sendUploadBody } from '../src/sources/upload.ts';
 import { ImportControl } from './control.ts';
-import { threadEntry } from './thread-entry.ts';
-import { projectFile } from '../src/paths.ts';
+import { importThreadOptions } from './thread-entry.ts';
 import type { ThreadTaskInput, ThreadTaskResult } from './import.thread.ts';
 
 export interface UploadRunnerOptions {
@@ -55,11 +54,8 @@ export function buildUploadTask(image: Image, config: Config, body: MessagePort,
 
 export function startUploadRunner(opts: UploadRunnerOptions): UploadRunner {
   const { config, logger, store, stats } = opts;
-  const entry = threadEntry(projectFile('workers/import.thread.ts'));
-  if (entry.fallback) logger.warn({ err: entry.fallback }, 'upload threads load the TypeScript through tsx: bundling failed');
   const pool = new Piscina<ThreadTaskInput, ThreadTaskResult>({
-    filename: entry.filename,
-    execArgv: entry.execArgv,
+    ...importThreadOptions(logger),
     workerData: { config },
     minThreads: 0,
     maxThreads: opts.threads ?? config.workerConcurrency,
